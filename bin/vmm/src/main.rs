@@ -1,1 +1,164 @@
-fn main() {}
+//! `ironvirt-vmm`: runs one VM in this process. Parses the command line, installs the logger
+//! and signal mask, and hands over to the `ironvirt-vmm` library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ironvirt_arch::{BootProtocol, CpuTemplate};
+use ironvirt_vmm::{parse_size, ExitReason, SerialConfig, VmConfig};
+
+/// Exit code for a bad command line (clap's convention).
+const EXIT_USAGE: u8 = 2;
+/// Exit code for a VMM error.
+const EXIT_ERROR: u8 = 1;
+
+const EXIT_CODES: &str = "Exit codes: 0 guest powered off, 1 VMM error, 2 bad command line, \
+3 guest reset with --no-reboot, 4 guest panic (pvpanic), 5 vCPU failure (e.g. an instruction \
+KVM cannot emulate), 128+N killed by signal N.";
+
+/// Boot a kernel in a KVM virtual machine.
+#[derive(Parser, Debug)]
+#[command(name = "ironvirt-vmm", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initramfs (cpio archive, optionally compressed as the kernel supports).
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0", value_name = "STRING")]
+    cmdline: String,
+    /// Number of vCPUs (1-64).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpus: u32,
+    /// Guest memory: a number with K, M, G or T (binary units); a bare number is MiB.
+    #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_memory)]
+    memory: u64,
+    /// CPU features shown to the guest: `host` (all KVM supports) or `portable` (hides
+    /// cx16, popcnt, XSAVE/AVX, SMAP and friends; needed on software-virtualized KVM).
+    #[arg(long, default_value = "host", value_name = "NAME")]
+    cpu_template: CpuTemplate,
+    /// Boot protocol for ELF kernels: auto (PVH if the kernel has the note), linux or pvh.
+    #[arg(long, default_value = "auto", value_name = "NAME")]
+    boot_protocol: BootProtocol,
+    /// Serial console: stdio, none, file=PATH or socket=PATH.
+    #[arg(long, default_value = "stdio", value_name = "BACKEND")]
+    serial: SerialConfig,
+    /// Exit with code 3 when the guest resets, instead of rebooting it.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Log level for VMM messages on stderr: error, warn, info, debug, trace.
+    #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    if bytes < ironvirt_arch::memory::MIN_MEMORY {
+        return Err("guest memory must be at least 16 MiB".into());
+    }
+    if bytes > ironvirt_arch::memory::MAX_MEMORY {
+        return Err("guest memory must be at most 1 TiB".into());
+    }
+    if bytes % 4096 != 0 {
+        return Err("guest memory must be a whole number of 4 KiB pages".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse().map_err(|_| format!("unknown log level '{s}' (error, warn, info, debug, trace)"))
+}
+
+/// Writes log records to stderr, one line each (with `\r` so they stay readable while the
+/// terminal is in raw mode).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let _ = write!(
+                std::io::stderr().lock(),
+                "ironvirt-vmm: {}: {}\r\n",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Prints an error and its causes on one line.
+fn report(err: &dyn std::error::Error) {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    eprint!("ironvirt-vmm: error: {line}\r\n");
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line naming the problem; clap's own text starts with "error: ".
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("ironvirt-vmm: error: {first} (see --help)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let _ = log::set_logger(&StderrLogger);
+    log::set_max_level(cli.log_level);
+    std::panic::set_hook(Box::new(|info| {
+        ironvirt_sys_util::terminal::restore_terminal();
+        eprint!("ironvirt-vmm: internal error (a bug): {info}\r\n");
+    }));
+    if let Err(e) = ironvirt_sys_util::signals::block_termination_signals() {
+        report(&e);
+        return ExitCode::from(EXIT_ERROR);
+    }
+
+    let cfg = VmConfig {
+        kernel: cli.kernel,
+        initramfs: cli.initramfs,
+        cmdline: cli.cmdline,
+        cpus: cli.cpus,
+        memory: cli.memory,
+        cpu_template: cli.cpu_template,
+        boot_protocol: cli.boot_protocol,
+        serial: cli.serial,
+        no_reboot: cli.no_reboot,
+    };
+    match ironvirt_vmm::run(&cfg) {
+        Ok(reason) => {
+            match &reason {
+                ExitReason::PowerOff => log::info!("guest powered off"),
+                ExitReason::Reset => log::info!("guest reset (--no-reboot)"),
+                ExitReason::GuestPanic => eprint!("ironvirt-vmm: guest panicked\r\n"),
+                ExitReason::VcpuFailed(why) => eprint!("ironvirt-vmm: error: {why}\r\n"),
+                ExitReason::Signal(sig) => log::info!("stopped by signal {sig}"),
+            }
+            ExitCode::from(reason.code() as u8)
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

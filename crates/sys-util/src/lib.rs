@@ -1,1 +1,7 @@
-//! placeholder
+//! Small safe wrappers over the syscalls the VMM needs beyond what `vmm-sys-util` offers:
+//! the controlling terminal's raw mode (restored on every exit path), process-wide signal
+//! handling through a dedicated waiting thread, and the no-op signal used to kick vCPU threads
+//! out of `KVM_RUN`. Any thread may call these; state is process-global by nature.
+
+pub mod signals;
+pub mod terminal;

@@ -22,6 +22,12 @@ pub trait Interrupt: Send + Sync {
     fn trigger(&self) -> io::Result<()>;
 }
 
+/// Drives a level-triggered interrupt line (the ACPI SCI, later PCI INTx).
+pub trait LevelInterrupt: Send + Sync {
+    /// Raises (`true`) or lowers (`false`) the line.
+    fn set_level(&self, high: bool) -> io::Result<()>;
+}
+
 /// What a device can ask of the machine as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestEvent {

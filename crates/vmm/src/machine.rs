@@ -1,0 +1,179 @@
+//! One boot of the VM: memory, KVM VM, devices, boot data and vCPU threads.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ironvirt_arch::acpi::{create_acpi_tables, AcpiConfig};
+use ironvirt_arch::layout::{KVM_IDENTITY_MAP, KVM_TSS};
+use ironvirt_arch::{regs, BootSource, CpuTemplate};
+use ironvirt_devices::{acpi_pm, i8042, pvpanic, rtc, serial, AcpiPm, PvPanic, Rtc, Serial, I8042};
+use ironvirt_hypervisor::{CpuId, Hypervisor, Vm};
+use ironvirt_vm_bus::{Bus, GuestEventSink, SharedDevice};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::VmConfig;
+use crate::interrupts::{BootEvents, EventInterrupt, IrqLine};
+use crate::vcpu::{run_vcpu, VcpuShared};
+use crate::VmmError;
+
+/// ISA IRQs of the platform devices (docs/PLATFORM.md).
+const IRQ_KEYBOARD: u32 = 1;
+const IRQ_COM1: u32 = 4;
+const IRQ_SCI: u32 = 9;
+
+/// Devices that outlive a guest reset: the UART (so console clients stay connected) and the
+/// CMOS (its NVRAM survives resets, as on real hardware).
+pub(crate) struct Persistent {
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) serial_irq: EventFd,
+    pub(crate) rtc: Arc<Mutex<Rtc>>,
+    pub(crate) supported_cpuid: CpuId,
+}
+
+/// A booted VM with its vCPU threads running.
+pub(crate) struct Machine {
+    shared: Arc<VcpuShared>,
+    threads: Vec<JoinHandle<()>>,
+    /// Keeps the VM (and so its memory) alive until every vCPU thread is gone.
+    _vm: Arc<Vm>,
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, VmmError> {
+    File::open(path).map_err(|cause| VmmError::Open { what, path: path.to_path_buf(), cause })
+}
+
+fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |cause| VmmError::Host { what, cause }
+}
+
+fn attach(
+    bus: &mut Bus,
+    name: &'static str,
+    dev: SharedDevice,
+    base: u64,
+    len: u64,
+) -> Result<(), VmmError> {
+    bus.insert(dev, base, len).map_err(|cause| VmmError::Bus { name, cause })
+}
+
+/// Builds and starts one boot of the VM described by `cfg`.
+pub(crate) fn boot(
+    hv: &Hypervisor,
+    cfg: &VmConfig,
+    persistent: &Persistent,
+    events: BootEvents,
+) -> Result<Machine, VmmError> {
+    let mut kernel = open("kernel", &cfg.kernel)?;
+    let mut initramfs = cfg.initramfs.as_deref().map(|p| open("initramfs", p)).transpose()?;
+
+    let memory = ironvirt_arch::create_guest_memory(cfg.memory)?;
+    let vm = Arc::new(hv.create_vm()?);
+    vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
+    vm.register_memory(&memory)?;
+
+    let rsdp =
+        create_acpi_tables(&memory, &AcpiConfig { num_cpus: cfg.cpus, ..Default::default() })?;
+    let entry = ironvirt_arch::load_boot(
+        &memory,
+        cfg.memory,
+        rsdp.0,
+        BootSource {
+            kernel: &mut kernel,
+            initramfs: initramfs.as_mut(),
+            cmdline: &cfg.cmdline,
+            protocol: cfg.boot_protocol,
+        },
+    )
+    .map_err(|cause| VmmError::Boot { path: cfg.kernel.clone(), cause })?;
+    regs::write_boot_tables(&memory)?;
+
+    let pio = platform_bus(&vm, persistent, &events)?;
+    let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
+    for id in 0..cfg.cpus {
+        let vcpu = vm.create_vcpu(id)?;
+        let cpuid =
+            ironvirt_arch::vcpu_cpuid(&persistent.supported_cpuid, cfg.cpu_template, id, cfg.cpus);
+        vcpu.set_cpuid(&cpuid)?;
+        regs::setup_msrs(&vcpu)?;
+        regs::setup_fpu(&vcpu)?;
+        regs::setup_lapic(&vcpu)?;
+        if id == 0 {
+            regs::setup_boot_vcpu(&vcpu, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    if cfg.cpu_template == CpuTemplate::Host {
+        log::debug!("CPU template: host");
+    }
+
+    let shared =
+        Arc::new(VcpuShared { pio, mmio: Bus::new(), events, stop: AtomicBool::new(false) });
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let shared = shared.clone();
+        let name = format!("vcpu{}", vcpu.id());
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .stack_size(256 * 1024)
+            .spawn(move || run_vcpu(vcpu, shared))
+            .map_err(host("a vCPU thread"))?;
+        threads.push(handle);
+    }
+    Ok(Machine { shared, threads, _vm: vm })
+}
+
+/// The port-I/O bus with the platform devices of docs/PLATFORM.md.
+fn platform_bus(
+    vm: &Arc<Vm>,
+    persistent: &Persistent,
+    events: &BootEvents,
+) -> Result<Bus, VmmError> {
+    let sink: Arc<dyn GuestEventSink> = Arc::new(events.clone());
+    vm.register_irqfd(&persistent.serial_irq, IRQ_COM1)?;
+    let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(host("an eventfd"))?;
+    vm.register_irqfd(&kbd_irq, IRQ_KEYBOARD)?;
+    let sci = Arc::new(IrqLine { vm: vm.clone(), gsi: IRQ_SCI });
+
+    let mut pio = Bus::new();
+    attach(&mut pio, "serial", persistent.serial.clone(), serial::PORT_BASE, serial::PORT_LEN)?;
+    attach(&mut pio, "rtc", persistent.rtc.clone(), rtc::PORT_BASE, rtc::PORT_LEN)?;
+    let kbd = I8042::new(sink.clone(), Arc::new(EventInterrupt(kbd_irq)));
+    attach(&mut pio, "i8042", Arc::new(Mutex::new(kbd)), i8042::PORT_BASE, i8042::PORT_LEN)?;
+    let pm = AcpiPm::new(sci, sink.clone());
+    attach(&mut pio, "acpi-pm", Arc::new(Mutex::new(pm)), acpi_pm::PORT_BASE, acpi_pm::PORT_LEN)?;
+    let panic = PvPanic::new(sink);
+    attach(
+        &mut pio,
+        "pvpanic",
+        Arc::new(Mutex::new(panic)),
+        pvpanic::PORT_BASE,
+        pvpanic::PORT_LEN,
+    )?;
+    Ok(pio)
+}
+
+impl Machine {
+    /// Stops every vCPU thread: sets the stop flag and kicks each thread out of `KVM_RUN`
+    /// until it has exited.
+    pub(crate) fn stop(self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for handle in self.threads {
+            while !handle.is_finished() {
+                if Instant::now() > deadline {
+                    log::warn!("a vCPU thread did not stop within 5 s; leaving it");
+                    break;
+                }
+                let _ = ironvirt_sys_util::signals::kick_thread(&handle);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
