@@ -61,6 +61,8 @@ static void parse_pvh(u64 raw)
         const struct hvm_memmap_table_entry *e =
             (const struct hvm_memmap_table_entry *)si->memmap_paddr;
         for (u32 i = 0; i < si->memmap_entries && bi.memmap_entries < MAX_MEMMAP; i++) {
+            if (e[i].size == 0) /* QEMU's PVH table can end with an empty entry */
+                continue;
             struct memmap_entry *m = &bi.memmap[bi.memmap_entries++];
             m->start = e[i].addr;
             m->size = e[i].size;
@@ -82,10 +84,12 @@ static void parse_linux(u64 raw)
     u32 n = bp[BP_E820_ENTRIES];
     for (u32 i = 0; i < n && i < MAX_MEMMAP; i++) {
         const u8 *e = bp + BP_E820_TABLE + 20 * i;
-        struct memmap_entry *m = &bi.memmap[bi.memmap_entries++];
+        struct memmap_entry *m = &bi.memmap[bi.memmap_entries];
         memcpy(&m->start, e, 8);
         memcpy(&m->size, e + 8, 8);
         memcpy(&m->type, e + 16, 4);
+        if (m->size != 0)
+            bi.memmap_entries++;
     }
 }
 

@@ -116,10 +116,14 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             // One line naming the problem; clap's own text starts with "error: ".
+            // clap continues some messages on indented lines (e.g. the missing arguments);
+            // join everything before the first blank line.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("ironvirt-vmm: error: {first} (see --help)");
+            let message: Vec<&str> =
+                text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("ironvirt-vmm: error: {message} (see --help)");
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -94,7 +94,7 @@ fn supervise(
             }
             ControlEvent::Guest(GuestEvent::Reset) => ExitReason::Reset,
             ControlEvent::Guest(GuestEvent::Panic(v)) => {
-                log::error!("guest reported a panic (pvpanic value {v:#x})");
+                log::info!("guest reported a panic (pvpanic value {v:#x})");
                 ExitReason::GuestPanic
             }
             ControlEvent::VcpuFailed { vcpu, reason } => {

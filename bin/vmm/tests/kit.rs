@@ -1,0 +1,182 @@
+//! Boots the guest test kit on real KVM and checks what each guest saw and did.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ironvirt_test_support::{kit_guest, require_kvm, RunOutcome, VmmRun};
+
+const VMM: &str = env!("CARGO_BIN_EXE_ironvirt-vmm");
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn boot(guest: &str, extra: &[&str]) -> RunOutcome {
+    require_kvm();
+    let kernel = kit_guest(guest);
+    let mut args = vec!["--kernel", kernel.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = VmmRun::run(Path::new(VMM), &args, TIMEOUT);
+    assert!(!out.timed_out, "{out}");
+    out
+}
+
+fn assert_exit(out: &RunOutcome, code: i32) {
+    assert_eq!(out.code, Some(code), "{out}");
+}
+
+fn assert_completed(out: &RunOutcome, guest: &str) {
+    assert!(out.stdout.contains(&format!("IRONVIRT-KIT {guest} start")), "{out}");
+    assert!(out.stdout.contains(&format!("IRONVIRT-KIT {guest} done")), "{out}");
+    assert_exit(out, 0);
+}
+
+fn check_hello(image: &str, extra: &[&str], protocol: &str) {
+    let mut args = vec!["--cmdline", "hello from the host", "--cpus", "2", "--memory", "256M"];
+    args.extend_from_slice(extra);
+    let out = boot(image, &args);
+    assert_completed(&out, "hello");
+    assert_eq!(out.value("boot"), protocol, "{out}");
+    assert_eq!(out.value("cmdline"), "hello from the host");
+    assert_eq!(out.value("cpus"), "2");
+    assert_eq!(out.value("rsdp"), "0xe0000");
+    // 256 MiB minus the reserved EBDA/BIOS area below 1 MiB.
+    assert_eq!(out.value("mem-total-mib"), "255");
+    let e820 = out.values("e820");
+    assert!(e820.contains(&"0x100000 0x10000000 1".to_string()), "{out}");
+    assert!(e820.contains(&"0xe0000 0x100000 2".to_string()), "{out}");
+}
+
+#[test]
+fn hello_elf_with_pvh_note_boots_through_pvh() {
+    check_hello("hello.elf", &[], "pvh");
+}
+
+#[test]
+fn hello_elf_boots_through_the_linux_64bit_protocol() {
+    check_hello("hello.elf", &["--boot-protocol", "linux"], "linux");
+}
+
+#[test]
+fn hello_bzimage_boots_through_the_linux_64bit_protocol() {
+    check_hello("hello.bzimage", &[], "linux");
+}
+
+#[test]
+fn bzimage_refuses_pvh() {
+    let out = boot("hello.bzimage", &["--boot-protocol", "pvh"]);
+    assert_exit(&out, 1);
+    assert!(out.stderr.contains("cannot be booted with PVH"), "{out}");
+}
+
+fn check_smp(cpus: &str) {
+    let out = boot("smp.elf", &["--cpus", cpus, "--memory", "128M"]);
+    assert_completed(&out, "smp");
+    assert_eq!(out.value("cpus-expected"), cpus, "{out}");
+    assert_eq!(out.value("cpus-online"), cpus, "{out}");
+    let n: usize = cpus.parse().unwrap();
+    let mut ups: Vec<u32> = out.values("cpu-up").iter().map(|v| v.parse().unwrap()).collect();
+    ups.sort();
+    assert_eq!(ups, (1..n as u32).collect::<Vec<_>>(), "every AP reports its APIC id once: {out}");
+}
+
+#[test]
+fn smp_one_vcpu() {
+    check_smp("1");
+}
+
+#[test]
+fn smp_two_vcpus_all_report_in() {
+    check_smp("2");
+}
+
+#[test]
+fn smp_eight_vcpus_all_report_in() {
+    check_smp("8");
+}
+
+#[test]
+fn rtc_matches_the_host_clock() {
+    let out = boot("rtc.elf", &[]);
+    assert_completed(&out, "rtc");
+    let guest: i64 = out.value("rtc-epoch").parse().unwrap();
+    let host = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((host - guest).abs() <= 5, "guest RTC {guest} vs host {host}: {out}");
+    assert!(out.value("rtc").starts_with("20"), "{out}");
+}
+
+#[test]
+fn memory_256m_pattern_at_the_top() {
+    let out = boot("mem.elf", &["--memory", "256M"]);
+    assert_completed(&out, "mem");
+    assert_eq!(out.value("mem-top"), "0x10000000");
+    assert_eq!(out.value("mem-check"), "ok");
+}
+
+#[test]
+fn memory_6g_pattern_above_4g() {
+    let out = boot("mem.elf", &["--memory", "6G"]);
+    assert_completed(&out, "mem");
+    // 3 GiB below the hole, 3 GiB from 4 GiB up: RAM ends at 7 GiB.
+    assert_eq!(out.value("mem-top"), "0x1c0000000");
+    assert_eq!(out.value("mem-check"), "ok");
+}
+
+#[test]
+fn acpi_poweroff_exits_zero() {
+    let out = boot("poweroff.elf", &[]);
+    assert_completed(&out, "poweroff");
+    assert_eq!(out.value("pm1a-cnt"), "0x604");
+    assert_eq!(out.value("slp-typ-s5"), "5");
+}
+
+#[test]
+fn reset_reboots_in_the_same_process_with_nvram_kept() {
+    let out = boot("reset.elf", &["--cmdline", "resets=2"]);
+    assert_completed(&out, "reset");
+    assert_eq!(out.values("boot-count"), vec!["1", "2", "3"], "{out}");
+}
+
+#[test]
+fn keyboard_controller_reset_reboots_too() {
+    let out = boot("reset.elf", &["--cmdline", "resets=1 reset=kbd"]);
+    assert_completed(&out, "reset");
+    assert_eq!(out.values("boot-count"), vec!["1", "2"], "{out}");
+}
+
+#[test]
+fn reset_with_no_reboot_exits_three() {
+    let out = boot("reset.elf", &["--cmdline", "resets=1", "--no-reboot"]);
+    assert_exit(&out, 3);
+    assert_eq!(out.values("boot-count"), vec!["1"], "{out}");
+}
+
+#[test]
+fn pvpanic_exits_four() {
+    let out = boot("panic.elf", &[]);
+    assert_exit(&out, 4);
+    assert!(out.stderr.contains("guest panicked"), "{out}");
+}
+
+#[test]
+fn unemulatable_instruction_is_reported_with_bytes_and_exit_five() {
+    let out = boot("badinsn.elf", &[]);
+    assert_exit(&out, 5);
+    assert!(!out.stdout.contains("survived"), "{out}");
+    let err = out.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "one line: {out}");
+    assert!(err.contains("f3 48 0f b8"), "{out}");
+    assert!(err.contains("popcnt") && err.contains("RIP 0x"), "{out}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{out}");
+}
+
+#[test]
+fn hostile_port_and_mmio_accesses_leave_the_vmm_running() {
+    let out = boot("hostile.elf", &[]);
+    assert_completed(&out, "hostile");
+    assert!(out.stdout.contains("hostile: survived"));
+    for v in out.values("port-read").iter().chain(out.values("mmio-read").iter()) {
+        assert!(
+            v.trim_start_matches("0x").chars().all(|c| c == 'f'),
+            "unclaimed reads are all ones: {out}"
+        );
+    }
+    assert_eq!(out.value("pvpanic-read"), "0x3");
+}
