@@ -95,7 +95,6 @@ void kmain(const struct bootinfo *bi)
     outl(0x70, 0x0000000d);
     (void)inw(0x70);
     serial_init(); /* whatever happened, the console must work again */
-    kprintf("\n");
 
     /* 5. pvpanic advertises its capabilities on read (QEMU docs/specs/pvpanic.rst). */
     kprintf("pvpanic-read: 0x%x\n", inb(0x505));

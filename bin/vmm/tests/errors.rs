@@ -123,3 +123,42 @@ fn unusable_serial_file() {
     let out = run(&["--kernel", &hello(), "--serial", "file=/nonexistent/dir/log"]);
     assert_one_line_error(&out, 1, "/nonexistent/dir/log");
 }
+
+/// Runs the VMM through a wrapper command (namespaces, another user).
+fn run_wrapped(wrapper: &[&str], args: &[&str]) -> RunOutcome {
+    let mut all: Vec<&str> = wrapper[1..].to_vec();
+    all.push(VMM);
+    all.extend_from_slice(args);
+    let out = VmmRun::run(Path::new(wrapper[0]), &all, Duration::from_secs(30));
+    assert!(!out.timed_out, "{out}");
+    out
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn missing_dev_kvm() {
+    assert!(is_root(), "this test hides /dev/kvm in a mount namespace and needs root");
+    // A private mount namespace with an empty /dev: /dev/kvm is gone for the VMM only.
+    let out = run_wrapped(
+        &["unshare", "--mount", "sh", "-c", "mount -t tmpfs none /dev && exec \"$@\"", "sh"],
+        &["--kernel", &hello()],
+    );
+    assert_one_line_error(&out, 1, "/dev/kvm does not exist");
+}
+
+#[test]
+fn unreadable_dev_kvm() {
+    assert!(is_root(), "this test drops to user nobody and needs root");
+    let out = run_wrapped(
+        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+        &["--kernel", &hello()],
+    );
+    assert_one_line_error(&out, 1, "Cannot open /dev/kvm");
+}

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use ironvirt_arch::acpi::{create_acpi_tables, AcpiConfig};
 use ironvirt_arch::layout::{KVM_IDENTITY_MAP, KVM_TSS};
-use ironvirt_arch::{regs, BootSource, CpuTemplate};
+use ironvirt_arch::{regs, BootSource};
 use ironvirt_devices::{acpi_pm, i8042, pvpanic, rtc, serial, AcpiPm, PvPanic, Rtc, Serial, I8042};
-use ironvirt_hypervisor::{CpuId, Hypervisor, Vm};
+use ironvirt_hypervisor::{CpuId, Hypervisor, Vcpu, Vm};
 use ironvirt_vm_bus::{Bus, GuestEventSink, SharedDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -72,43 +72,32 @@ pub(crate) fn boot(
 
     let memory = ironvirt_arch::create_guest_memory(cfg.memory)?;
     let vm = Arc::new(hv.create_vm()?);
-    vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
-    vm.register_memory(&memory)?;
-
-    let rsdp =
-        create_acpi_tables(&memory, &AcpiConfig { num_cpus: cfg.cpus, ..Default::default() })?;
-    let entry = ironvirt_arch::load_boot(
-        &memory,
-        cfg.memory,
-        rsdp.0,
-        BootSource {
-            kernel: &mut kernel,
-            initramfs: initramfs.as_mut(),
-            cmdline: &cfg.cmdline,
-            protocol: cfg.boot_protocol,
-        },
-    )
-    .map_err(|cause| VmmError::Boot { path: cfg.kernel.clone(), cause })?;
-    regs::write_boot_tables(&memory)?;
-
-    let pio = platform_bus(&vm, persistent, &events)?;
-    let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
-    for id in 0..cfg.cpus {
-        let vcpu = vm.create_vcpu(id)?;
-        let cpuid =
-            ironvirt_arch::vcpu_cpuid(&persistent.supported_cpuid, cfg.cpu_template, id, cfg.cpus);
-        vcpu.set_cpuid(&cpuid)?;
-        regs::setup_msrs(&vcpu)?;
-        regs::setup_fpu(&vcpu)?;
-        regs::setup_lapic(&vcpu)?;
-        if id == 0 {
-            regs::setup_boot_vcpu(&vcpu, entry)?;
-        }
-        vcpus.push(vcpu);
-    }
-    if cfg.cpu_template == CpuTemplate::Host {
-        log::debug!("CPU template: host");
-    }
+    // Installing the first memory slot costs milliseconds inside KVM (an SRCU grace period);
+    // do the rest of the setup meanwhile. Nothing below needs the slot before KVM_RUN.
+    let (pio, vcpus) = std::thread::scope(|scope| {
+        let registering = scope.spawn(|| vm.register_memory(&memory));
+        let setup = (|| {
+            vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
+            let acpi = AcpiConfig { num_cpus: cfg.cpus, ..Default::default() };
+            let rsdp = create_acpi_tables(&memory, &acpi)?;
+            let source = BootSource {
+                kernel: &mut kernel,
+                initramfs: initramfs.as_mut(),
+                cmdline: &cfg.cmdline,
+                protocol: cfg.boot_protocol,
+            };
+            let entry = ironvirt_arch::load_boot(&memory, cfg.memory, rsdp.0, source)
+                .map_err(|cause| VmmError::Boot { path: cfg.kernel.clone(), cause })?;
+            regs::write_boot_tables(&memory)?;
+            let pio = platform_bus(&vm, persistent, &events)?;
+            let vcpus = create_vcpus(&vm, cfg, persistent, entry)?;
+            Ok::<_, VmmError>((pio, vcpus))
+        })();
+        let registered = registering.join().expect("memory registration does not panic");
+        let ready = setup?;
+        registered?;
+        Ok::<_, VmmError>(ready)
+    })?;
 
     let shared =
         Arc::new(VcpuShared { pio, mmio: Bus::new(), events, stop: AtomicBool::new(false) });
@@ -124,6 +113,30 @@ pub(crate) fn boot(
         threads.push(handle);
     }
     Ok(Machine { shared, threads, _vm: vm })
+}
+
+/// Creates the vCPUs with their CPUID, MSRs, FPU and LAPIC state; vCPU 0 at the kernel entry.
+fn create_vcpus(
+    vm: &Vm,
+    cfg: &VmConfig,
+    persistent: &Persistent,
+    entry: regs::EntryMode,
+) -> Result<Vec<Vcpu>, VmmError> {
+    let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
+    for id in 0..cfg.cpus {
+        let vcpu = vm.create_vcpu(id)?;
+        let cpuid =
+            ironvirt_arch::vcpu_cpuid(&persistent.supported_cpuid, cfg.cpu_template, id, cfg.cpus);
+        vcpu.set_cpuid(&cpuid)?;
+        regs::setup_msrs(&vcpu)?;
+        regs::setup_fpu(&vcpu)?;
+        regs::setup_lapic(&vcpu)?;
+        if id == 0 {
+            regs::setup_boot_vcpu(&vcpu, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
 }
 
 /// The port-I/O bus with the platform devices of docs/PLATFORM.md.
