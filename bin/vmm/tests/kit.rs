@@ -180,3 +180,34 @@ fn hostile_port_and_mmio_accesses_leave_the_vmm_running() {
     }
     assert_eq!(out.value("pvpanic-read"), "0x3");
 }
+
+fn cpuid_word(out: &RunOutcome, leaf: &str, reg: &str) -> u32 {
+    let line = out.value(leaf);
+    let field = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{reg}=0x")))
+        .unwrap_or_else(|| panic!("no {reg} in {leaf}: {out}"));
+    u32::from_str_radix(field, 16).unwrap()
+}
+
+#[test]
+fn portable_template_hides_cx16_and_announces_the_hypervisor() {
+    let out = boot("cpuid.elf", &["--cpu-template", "portable"]);
+    assert_completed(&out, "cpuid");
+    let ecx = cpuid_word(&out, "leaf-1", "ecx");
+    assert_eq!(ecx & (1 << 13), 0, "CMPXCHG16B must be hidden: {out}");
+    assert_ne!(ecx & (1 << 31), 0, "the hypervisor bit must be set: {out}");
+    // KVM's signature leaf, "KVMKVMKVM".
+    assert_eq!(cpuid_word(&out, "leaf-40000000", "ebx"), 0x4b4d564b, "{out}");
+    // The whole template (XSAVE, POPCNT, SMAP...) is checked by tests/hardware.rs where the
+    // guest's CPUID is KVM's; on software-nested KVM most CPUID bits come from the host CPU.
+}
+
+#[test]
+fn each_vcpu_sees_its_apic_id_and_count_in_cpuid() {
+    let out = boot("cpuid.elf", &["--cpus", "4"]);
+    assert_completed(&out, "cpuid");
+    let ebx = cpuid_word(&out, "leaf-1", "ebx");
+    assert_eq!(ebx >> 24, 0, "the BSP has APIC id 0: {out}");
+    assert_eq!((ebx >> 16) & 0xff, 4, "logical processor count: {out}");
+}

@@ -294,7 +294,11 @@ mod tests {
                 initramfs: Some("/boot/initrd.img".into()),
                 cmdline: Some("console=ttyS0".into()),
             },
-            disks: vec![DiskSpec { path: "/var/lib/web1.qcow2".into(), format: Some("qcow2".into()), readonly: false }],
+            disks: vec![DiskSpec {
+                path: "/var/lib/web1.qcow2".into(),
+                format: Some("qcow2".into()),
+                readonly: false,
+            }],
             nics: vec![],
             vsock: None,
             cpu_template: None,
@@ -307,7 +311,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let text = "name = \"a\"\ncpus = 1\nmemory = \"1G\"\ncolour = \"red\"\n[boot]\nkernel = \"k\"\n";
+        let text =
+            "name = \"a\"\ncpus = 1\nmemory = \"1G\"\ncolour = \"red\"\n[boot]\nkernel = \"k\"\n";
         let err = toml::from_str::<VmDefinition>(text).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
     }
@@ -315,6 +320,9 @@ mod tests {
     #[test]
     fn states_are_kebab_case_on_the_wire() {
         assert_eq!(serde_json::to_string(&VmState::ShutOff).unwrap(), "\"shut-off\"");
-        assert_eq!(serde_json::to_string(&EventKind::ShutdownRequested).unwrap(), "\"shutdown-requested\"");
+        assert_eq!(
+            serde_json::to_string(&EventKind::ShutdownRequested).unwrap(),
+            "\"shutdown-requested\""
+        );
     }
 }

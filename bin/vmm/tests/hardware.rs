@@ -1,0 +1,156 @@
+//! Tests that need hardware virtualization (VT-x/AMD-V): the unmodified Debian cloud kernel
+//! (built into a guest by `guests/linux/build.sh --stock`) and the full portable CPU template.
+//! On software-nested KVM (kvm_pvm) the stock kernel dies in KVM's instruction emulator and
+//! most CPUID bits come from the host CPU, so there every test prints
+//! `skipped: needs hardware virtualization` and counts as ignored, never as passed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ironvirt_test_support::{
+    kit_guest, kvm_backing, linux_guest, newc_archive, KvmBacking, VmmRun,
+};
+
+const VMM: &str = env!("CARGO_BIN_EXE_ironvirt-vmm");
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+type Test = (&'static str, fn() -> Result<(), String>);
+
+fn main() {
+    let tests: [Test; 4] = [
+        ("stock_kernel_one_vcpu_sees_its_configuration", || stock_configuration("1")),
+        ("stock_kernel_two_vcpus_see_their_configuration", || stock_configuration("2")),
+        ("stock_kernel_reboots_in_the_same_process", stock_reboot),
+        ("portable_template_hides_xsave_popcnt_smap_in_the_guest", portable_template),
+    ];
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<&Test> = tests
+        .iter()
+        .filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str())))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let backing = kvm_backing();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, test) in &selected {
+        if backing != KvmBacking::Hardware {
+            println!(
+                "test {name} ... skipped: needs hardware virtualization (/dev/kvm is {backing:?})"
+            );
+            skipped += 1;
+            continue;
+        }
+        match test() {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(e) => {
+                println!("test {name} ... FAILED\n{e}");
+                failed += 1;
+            }
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {verdict}. {passed} passed; {failed} failed; {skipped} ignored; 0 measured; 0 filtered out\n"
+    );
+    std::process::exit(i32::from(failed > 0));
+}
+
+fn stock_initramfs(script: &str, tag: &str) -> PathBuf {
+    let guest = linux_guest(true);
+    let mut image = std::fs::read(&guest.initramfs).expect("initramfs readable");
+    image.extend(newc_archive(&[("test.sh", 0o100755, script.as_bytes())]));
+    let path =
+        std::env::temp_dir().join(format!("ironvirt-stock-{tag}-{}.cpio", std::process::id()));
+    std::fs::write(&path, image).expect("temp dir writable");
+    path
+}
+
+fn stock_args(initramfs: &Path, cpus: &str) -> Vec<String> {
+    let guest = linux_guest(true);
+    [
+        "--kernel",
+        guest.kernel.to_str().unwrap(),
+        "--initramfs",
+        initramfs.to_str().unwrap(),
+        "--cmdline",
+        &guest.cmdline,
+        "--cpus",
+        cpus,
+        "--memory",
+        "512M",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn ensure(cond: bool, what: &str, out: &impl std::fmt::Display) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(format!("{what}\n{out}"))
+    }
+}
+
+fn stock_configuration(cpus: &str) -> Result<(), String> {
+    let script = "#!/bin/sh\nread l < /proc/meminfo\nset -- $l\necho \"IRONVIRT-TEST nproc=$(nproc) memtotal_kb=$2 date=$(date +%s)\"\n";
+    let initramfs = stock_initramfs(script, &format!("cfg{cpus}"));
+    let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let out = VmmRun::run(Path::new(VMM), &strs(&stock_args(&initramfs, cpus)), TIMEOUT);
+    let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let _ = std::fs::remove_file(&initramfs);
+    let value = |key: &str| -> Option<String> {
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("IRONVIRT-TEST"))
+            .flat_map(|l| l.split_whitespace())
+            .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+    };
+    ensure(value("nproc").as_deref() == Some(cpus), "nproc differs", &out)?;
+    let mem: u64 = value("memtotal_kb").and_then(|v| v.parse().ok()).unwrap_or(0);
+    ensure((400 * 1024..=512 * 1024).contains(&mem), "MemTotal out of range", &out)?;
+    let date: i64 = value("date").and_then(|v| v.parse().ok()).unwrap_or(0);
+    ensure((start - 5..=end + 5).contains(&date), "guest date differs from the host's", &out)?;
+    ensure(out.code == Some(0), "poweroff must exit 0", &out)
+}
+
+fn stock_reboot() -> Result<(), String> {
+    let initramfs = stock_initramfs("#!/bin/sh\necho IRONVIRT-TEST booted\nreboot -f\n", "reboot");
+    let mut run = VmmRun::spawn(Path::new(VMM), &strs(&stock_args(&initramfs, "1")));
+    let twice = run.wait_for("IRONVIRT-TEST booted", 2, TIMEOUT);
+    run.signal(15);
+    let out = run.wait(Duration::from_secs(10));
+    let _ = std::fs::remove_file(&initramfs);
+    ensure(twice, "the guest did not boot a second time", &out)
+}
+
+fn portable_template() -> Result<(), String> {
+    let kernel = kit_guest("cpuid.elf");
+    let out = VmmRun::run(
+        Path::new(VMM),
+        &["--kernel", kernel.to_str().unwrap(), "--cpu-template", "portable"],
+        TIMEOUT,
+    );
+    let word = |leaf: &str, reg: &str| -> u32 {
+        out.values(leaf)
+            .first()
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix(&format!("{reg}=0x")).map(str::to_string))
+            })
+            .and_then(|v| u32::from_str_radix(&v, 16).ok())
+            .unwrap_or(u32::MAX)
+    };
+    let ecx1 = word("leaf-1", "ecx");
+    for (bit, name) in [(13, "cx16"), (23, "popcnt"), (26, "xsave"), (28, "avx")] {
+        ensure(ecx1 & (1 << bit) == 0, &format!("{name} visible"), &out)?;
+    }
+    ensure(word("leaf-7", "ebx") & (1 << 20) == 0, "smap visible", &out)?;
+    ensure(word("leaf-d", "eax") == 0, "XSAVE leaf not empty", &out)
+}

@@ -1,0 +1,113 @@
+//! The Linux test guest (a minimal 6.12 kernel built by guests/linux/build.sh, booted as ELF
+//! vmlinux through PVH) on this machine's KVM: it must see the configured CPUs, memory and
+//! date, power off with exit 0 and reboot in the same process. Each boot costs ~25 s on
+//! software-nested KVM, so these are few. The first run builds the guest (~15 minutes).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ironvirt_test_support::{linux_guest, newc_archive, require_kvm, RunOutcome, VmmRun};
+
+const VMM: &str = env!("CARGO_BIN_EXE_ironvirt-vmm");
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The guest's initramfs with `/test.sh` appended as a second cpio archive.
+fn initramfs_with(script: &str, tag: &str) -> PathBuf {
+    let guest = linux_guest(false);
+    let mut image = std::fs::read(&guest.initramfs).expect("initramfs readable");
+    image.extend(newc_archive(&[("test.sh", 0o100755, script.as_bytes())]));
+    let path =
+        std::env::temp_dir().join(format!("ironvirt-linux-{tag}-{}.cpio", std::process::id()));
+    std::fs::write(&path, image).expect("temp dir writable");
+    path
+}
+
+fn args(initramfs: &Path, cpus: &str) -> Vec<String> {
+    let guest = linux_guest(false);
+    let args = [
+        "--kernel",
+        guest.kernel.to_str().unwrap(),
+        "--initramfs",
+        initramfs.to_str().unwrap(),
+        "--cmdline",
+        &guest.cmdline,
+        "--cpus",
+        cpus,
+        "--memory",
+        "256M",
+        "--cpu-template",
+        "portable",
+    ];
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The value after `key=` on the guest's `IRONVIRT-TEST` lines.
+fn reported(out: &RunOutcome, key: &str) -> String {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("IRONVIRT-TEST"))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("the guest did not report {key}: {out}"))
+        .trim()
+        .to_string()
+}
+
+/// One fork per value: each costs ~0.7 s on software-nested KVM.
+const REPORT: &str = "#!/bin/sh\n\
+read l < /proc/meminfo\n\
+set -- $l\n\
+echo \"IRONVIRT-TEST nproc=$(nproc) memtotal_kb=$2 date=$(date +%s)\"\n";
+
+fn check_configuration(cpus: &str) {
+    require_kvm();
+    let initramfs = initramfs_with(REPORT, &format!("cfg{cpus}"));
+    let started = now();
+    let out = VmmRun::run(Path::new(VMM), &strs(&args(&initramfs, cpus)), BOOT_TIMEOUT);
+    let ended = now();
+    let _ = std::fs::remove_file(&initramfs);
+    assert!(!out.timed_out, "{out}");
+    assert!(out.stdout.contains("IRONVIRT-LINUX init"), "{out}");
+    assert_eq!(reported(&out, "nproc"), cpus, "{out}");
+    let mem_kb: u64 = reported(&out, "memtotal_kb").parse().unwrap();
+    // 256 MiB minus what the kernel reserves for itself.
+    assert!((200 * 1024..=256 * 1024).contains(&mem_kb), "MemTotal {mem_kb} kB: {out}");
+    let date: i64 = reported(&out, "date").parse().unwrap();
+    assert!(
+        (started - 5..=ended + 5).contains(&date),
+        "guest date {date} outside {started}..{ended}: {out}"
+    );
+    assert_eq!(out.code, Some(0), "poweroff in the guest must exit 0: {out}");
+}
+
+#[test]
+fn linux_one_vcpu_sees_its_configuration_and_powers_off() {
+    check_configuration("1");
+}
+
+#[test]
+fn linux_two_vcpus_see_their_configuration_and_power_off() {
+    check_configuration("2");
+}
+
+#[test]
+fn linux_reboot_brings_the_guest_up_again_in_the_same_process() {
+    require_kvm();
+    let initramfs = initramfs_with("#!/bin/sh\necho IRONVIRT-TEST booted\nreboot -f\n", "reboot");
+    let mut run = VmmRun::spawn(Path::new(VMM), &strs(&args(&initramfs, "1")));
+    let second = run.wait_for("IRONVIRT-TEST booted", 2, BOOT_TIMEOUT * 2);
+    run.signal(15);
+    let out = run.wait(Duration::from_secs(10));
+    let _ = std::fs::remove_file(&initramfs);
+    assert!(second, "the guest did not come up a second time: {out}");
+    assert_eq!(out.stdout.matches("IRONVIRT-LINUX init").count(), 2, "{out}");
+    assert_eq!(out.code, Some(128 + 15), "SIGTERM ends the VMM with 143: {out}");
+}
