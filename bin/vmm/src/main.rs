@@ -50,6 +50,12 @@ struct Cli {
     /// Exit with code 3 when the guest resets, instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
+    /// Serve the per-VM control API (HTTP/JSON, docs/API.md) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// On exit, write {"code": N, "reason": "..."} to this file (for supervisors).
+    #[arg(long, value_name = "PATH")]
+    exit_file: Option<PathBuf>,
     /// Log level for VMM messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -96,14 +102,7 @@ impl log::Log for StderrLogger {
 
 /// Prints an error and its causes on one line.
 fn report(err: &dyn std::error::Error) {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    eprint!("ironvirt-vmm: error: {line}\r\n");
+    eprint!("ironvirt-vmm: error: {}\r\n", ironvirt_vmm::error_chain(err));
 }
 
 fn main() -> ExitCode {
@@ -148,6 +147,8 @@ fn main() -> ExitCode {
         boot_protocol: cli.boot_protocol,
         serial: cli.serial,
         no_reboot: cli.no_reboot,
+        api_socket: cli.api_socket,
+        exit_file: cli.exit_file,
     };
     match ironvirt_vmm::run(&cfg) {
         Ok(reason) => {

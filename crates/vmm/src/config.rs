@@ -63,6 +63,10 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// Exit instead of rebooting when the guest resets.
     pub no_reboot: bool,
+    /// Where to serve the control API (docs/API.md), if anywhere.
+    pub api_socket: Option<PathBuf>,
+    /// Where to write `{"code": N, "reason": "..."}` when the VMM exits.
+    pub exit_file: Option<PathBuf>,
 }
 
 /// Most vCPUs a VM may have (bounded further by KVM on the host).

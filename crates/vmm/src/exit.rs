@@ -30,6 +30,30 @@ impl ExitReason {
     }
 }
 
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PowerOff => f.write_str("guest powered off"),
+            Self::Reset => f.write_str("guest reset (--no-reboot)"),
+            Self::GuestPanic => f.write_str("guest panicked"),
+            Self::VcpuFailed(why) => f.write_str(why),
+            Self::Signal(sig) => write!(f, "stopped by signal {sig}"),
+        }
+    }
+}
+
+/// An error and its causes on one line, separated by ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
 /// Errors that stop the VMM before or while running a guest.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -82,6 +106,9 @@ pub enum VmmError {
         #[source]
         cause: ironvirt_vm_bus::BusError,
     },
+    /// The control API socket could not be set up.
+    #[error("Cannot set up the control API socket")]
+    Api(#[source] io::Error),
     /// The serial console backend could not be set up.
     #[error("Cannot set up the serial console")]
     Console(#[source] io::Error),

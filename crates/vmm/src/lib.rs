@@ -4,10 +4,11 @@
 //!
 //! Threads: the caller's thread runs the control loop ([`run`]); one thread per vCPU runs
 //! `KVM_RUN` and dispatches I/O exits to the port and MMIO buses; console input threads feed the
-//! UART; one thread waits for termination signals. Every event that ends a boot reaches the
+//! UART; one thread waits for termination signals; one serves the control API socket. Every event that ends a boot reaches the
 //! control loop as a [`ControlEvent`] on one channel, so VM state has a single owner.
 //! Depends on arch, devices, hypervisor, vm-bus and sys-util; nothing depends on it but binaries.
 
+mod api;
 mod config;
 mod console;
 mod control;
@@ -18,7 +19,7 @@ mod vcpu;
 
 pub use config::{parse_size, SerialConfig, VmConfig};
 pub use control::run;
-pub use exit::{ExitReason, VmmError};
+pub use exit::{error_chain, ExitReason, VmmError};
 
 /// What reaches the control loop.
 #[derive(Debug)]
@@ -34,4 +35,6 @@ pub(crate) enum ControlEvent {
     },
     /// A termination signal arrived.
     Signal(i32),
+    /// A control API request and where to send the answer.
+    Api(ironvirt_vmm_protocol::Request, std::sync::mpsc::Sender<ironvirt_vmm_protocol::Response>),
 }

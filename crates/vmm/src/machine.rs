@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
 use crate::interrupts::{BootEvents, EventInterrupt, IrqLine};
-use crate::vcpu::{run_vcpu, VcpuShared};
+use crate::vcpu::{run_vcpu, PauseGate, VcpuShared, VcpuStats};
 use crate::VmmError;
 
 /// ISA IRQs of the platform devices (docs/PLATFORM.md).
@@ -38,6 +38,7 @@ pub(crate) struct Persistent {
 pub(crate) struct Machine {
     shared: Arc<VcpuShared>,
     threads: Vec<JoinHandle<()>>,
+    acpi_pm: Arc<Mutex<AcpiPm>>,
     /// Keeps the VM (and so its memory) alive until every vCPU thread is gone.
     _vm: Arc<Vm>,
 }
@@ -74,7 +75,7 @@ pub(crate) fn boot(
     let vm = Arc::new(hv.create_vm()?);
     // Installing the first memory slot costs milliseconds inside KVM (an SRCU grace period);
     // do the rest of the setup meanwhile. Nothing below needs the slot before KVM_RUN.
-    let (pio, vcpus) = std::thread::scope(|scope| {
+    let ((pio, acpi_pm), vcpus) = std::thread::scope(|scope| {
         let registering = scope.spawn(|| vm.register_memory(&memory));
         let setup = (|| {
             vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
@@ -99,8 +100,14 @@ pub(crate) fn boot(
         Ok::<_, VmmError>(ready)
     })?;
 
-    let shared =
-        Arc::new(VcpuShared { pio, mmio: Bus::new(), events, stop: AtomicBool::new(false) });
+    let shared = Arc::new(VcpuShared {
+        pio,
+        mmio: Bus::new(),
+        events,
+        stop: AtomicBool::new(false),
+        pause: PauseGate::default(),
+        stats: (0..cfg.cpus).map(|_| VcpuStats::default()).collect(),
+    });
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let shared = shared.clone();
@@ -112,7 +119,7 @@ pub(crate) fn boot(
             .map_err(host("a vCPU thread"))?;
         threads.push(handle);
     }
-    Ok(Machine { shared, threads, _vm: vm })
+    Ok(Machine { shared, threads, acpi_pm, _vm: vm })
 }
 
 /// Creates the vCPUs with their CPUID, MSRs, FPU and LAPIC state; vCPU 0 at the kernel entry.
@@ -139,12 +146,13 @@ fn create_vcpus(
     Ok(vcpus)
 }
 
-/// The port-I/O bus with the platform devices of docs/PLATFORM.md.
+/// The port-I/O bus with the platform devices of docs/PLATFORM.md, and the ACPI PM block
+/// (the control API presses its power button).
 fn platform_bus(
     vm: &Arc<Vm>,
     persistent: &Persistent,
     events: &BootEvents,
-) -> Result<Bus, VmmError> {
+) -> Result<(Bus, Arc<Mutex<AcpiPm>>), VmmError> {
     let sink: Arc<dyn GuestEventSink> = Arc::new(events.clone());
     vm.register_irqfd(&persistent.serial_irq, IRQ_COM1)?;
     let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(host("an eventfd"))?;
@@ -156,8 +164,8 @@ fn platform_bus(
     attach(&mut pio, "rtc", persistent.rtc.clone(), rtc::PORT_BASE, rtc::PORT_LEN)?;
     let kbd = I8042::new(sink.clone(), Arc::new(EventInterrupt(kbd_irq)));
     attach(&mut pio, "i8042", Arc::new(Mutex::new(kbd)), i8042::PORT_BASE, i8042::PORT_LEN)?;
-    let pm = AcpiPm::new(sci, sink.clone());
-    attach(&mut pio, "acpi-pm", Arc::new(Mutex::new(pm)), acpi_pm::PORT_BASE, acpi_pm::PORT_LEN)?;
+    let pm = Arc::new(Mutex::new(AcpiPm::new(sci, sink.clone())));
+    attach(&mut pio, "acpi-pm", pm.clone(), acpi_pm::PORT_BASE, acpi_pm::PORT_LEN)?;
     let panic = PvPanic::new(sink);
     attach(
         &mut pio,
@@ -166,14 +174,59 @@ fn platform_bus(
         pvpanic::PORT_BASE,
         pvpanic::PORT_LEN,
     )?;
-    Ok(pio)
+    Ok((pio, pm))
 }
 
 impl Machine {
+    /// Pauses every vCPU; returns false if already paused. Waits (bounded) until all are
+    /// parked, kicking them out of `KVM_RUN` meanwhile.
+    pub(crate) fn pause(&self) -> bool {
+        if !self.shared.pause.set(true) {
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while (self.shared.pause.parked() as usize) < self.threads.len()
+            && Instant::now() < deadline
+        {
+            for handle in &self.threads {
+                let _ = ironvirt_sys_util::signals::kick_thread(handle);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Resumes the vCPUs; returns false if not paused.
+    pub(crate) fn resume(&self) -> bool {
+        self.shared.pause.set(false)
+    }
+
+    /// Whether the vCPUs are paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.shared.pause.requested()
+    }
+
+    /// Presses the ACPI power button (the guest decides what to do).
+    pub(crate) fn press_power_button(&self) {
+        self.acpi_pm.lock().unwrap_or_else(|p| p.into_inner()).press_power_button();
+    }
+
+    /// Per-vCPU counters: (exits, thread CPU time in ns).
+    pub(crate) fn vcpu_counters(&self) -> Vec<(u64, u64)> {
+        self.shared
+            .stats
+            .iter()
+            .map(|s| {
+                (s.exits.load(Ordering::Relaxed), thread_cpu_ns(s.tid.load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
+
     /// Stops every vCPU thread: sets the stop flag and kicks each thread out of `KVM_RUN`
     /// until it has exited.
     pub(crate) fn stop(self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.pause.wake_all();
         let deadline = Instant::now() + Duration::from_secs(5);
         for handle in self.threads {
             while !handle.is_finished() {
@@ -189,4 +242,15 @@ impl Machine {
             }
         }
     }
+}
+
+/// CPU time of thread `tid` of this process in nanoseconds (first field of its schedstat).
+fn thread_cpu_ns(tid: u32) -> u64 {
+    if tid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

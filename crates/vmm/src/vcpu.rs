@@ -1,7 +1,7 @@
 //! The vCPU thread: run, dispatch the exit, repeat until told to stop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use ironvirt_hypervisor::{Vcpu, VcpuExit};
 use ironvirt_vm_bus::{guest_debug, guest_warn, Bus, GuestEvent};
@@ -20,6 +20,77 @@ pub(crate) struct VcpuShared {
     pub(crate) mmio: Bus,
     pub(crate) events: BootEvents,
     pub(crate) stop: AtomicBool,
+    /// Pause request and the number of vCPUs parked because of it.
+    pub(crate) pause: PauseGate,
+    /// Per-vCPU counters, indexed by vCPU id.
+    pub(crate) stats: Vec<VcpuStats>,
+}
+
+/// Counters one vCPU thread keeps.
+#[derive(Default)]
+pub(crate) struct VcpuStats {
+    /// Exits to userspace.
+    pub(crate) exits: AtomicU64,
+    /// Kernel thread id, for reading the thread's CPU time.
+    pub(crate) tid: AtomicU32,
+}
+
+/// Where vCPU threads park while the VM is paused.
+#[derive(Default)]
+pub(crate) struct PauseGate {
+    /// (paused requested, vCPUs parked).
+    state: Mutex<(bool, u32)>,
+    changed: Condvar,
+}
+
+impl PauseGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, u32)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests (or cancels) the pause; returns whether the state changed.
+    pub(crate) fn set(&self, paused: bool) -> bool {
+        let mut state = self.lock();
+        let changed = state.0 != paused;
+        state.0 = paused;
+        self.changed.notify_all();
+        changed
+    }
+
+    /// Whether a pause is requested.
+    pub(crate) fn requested(&self) -> bool {
+        self.lock().0
+    }
+
+    /// How many vCPUs are parked.
+    pub(crate) fn parked(&self) -> u32 {
+        self.lock().1
+    }
+
+    /// Called by a vCPU thread: blocks while a pause is requested and `stop` is not set.
+    fn park(&self, stop: &AtomicBool) {
+        let mut state = self.lock();
+        state.1 += 1;
+        self.changed.notify_all();
+        while state.0 && !stop.load(Ordering::Acquire) {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.1 -= 1;
+    }
+
+    /// Wakes parked vCPUs so they notice `stop`.
+    pub(crate) fn wake_all(&self) {
+        let _guard = self.lock();
+        self.changed.notify_all();
+    }
+}
+
+/// The calling thread's kernel thread id, from `/proc/thread-self`.
+fn current_tid() -> u32 {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What the loop does after an exit.
@@ -31,8 +102,16 @@ enum Next {
 /// Body of a vCPU thread.
 pub(crate) fn run_vcpu(mut vcpu: Vcpu, shared: Arc<VcpuShared>) {
     let id = vcpu.id();
+    let stats = &shared.stats[id as usize];
+    stats.tid.store(current_tid(), Ordering::Relaxed);
     while !shared.stop.load(Ordering::Acquire) {
-        let next = match vcpu.run() {
+        if shared.pause.requested() {
+            shared.pause.park(&shared.stop);
+            continue;
+        }
+        let exit = vcpu.run();
+        stats.exits.fetch_add(1, Ordering::Relaxed);
+        let next = match exit {
             Ok(VcpuExit::InternalError) => {
                 let failure = vcpu.internal_error();
                 fail(&shared, id, failure.to_string())
