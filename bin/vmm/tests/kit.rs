@@ -211,3 +211,29 @@ fn each_vcpu_sees_its_apic_id_and_count_in_cpuid() {
     assert_eq!(ebx >> 24, 0, "the BSP has APIC id 0: {out}");
     assert_eq!((ebx >> 16) & 0xff, 4, "logical processor count: {out}");
 }
+
+#[test]
+fn sixty_four_gib_of_memory_is_reported_without_being_touched() {
+    let out = boot("hello.elf", &["--memory", "64G"]);
+    assert_completed(&out, "hello");
+    // 3 GiB below the hole + 61 GiB above 4 GiB, minus the reserved area below 1 MiB.
+    assert_eq!(out.value("mem-total-mib"), "65535", "{out}");
+    assert!(out.values("e820").contains(&"0x100000000 0x1040000000 1".to_string()), "{out}");
+}
+
+#[test]
+fn serial_output_can_go_to_a_file() {
+    let path = std::env::temp_dir().join(format!("ironvirt-serial-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let arg = format!("file={}", path.display());
+    let out = boot("hello.elf", &["--serial", &arg, "--cmdline", "to a file"]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_exit(&out, 0);
+    assert!(out.stdout.is_empty(), "nothing on stdout: {out}");
+    assert!(
+        text.contains("IRONVIRT-KIT hello start") && text.contains("cmdline: to a file"),
+        "{text}"
+    );
+    assert!(text.contains("IRONVIRT-KIT hello done"), "{text}");
+}
