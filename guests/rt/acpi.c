@@ -19,14 +19,20 @@ struct sdt_header {
 
 /* FADT field offsets, 5.2.9 table 5.9. */
 #define FADT_DSDT 40
-#define FADT_PM1A_CNT_BLK 72
-#define FADT_PM1B_CNT_BLK 76
+#define FADT_SCI_INT 46 /* u16: ISA IRQ (8259 mode) the SCI is wired to */
+#define FADT_PM1A_EVT_BLK 56
+#define FADT_PM1A_CNT_BLK 64
+#define FADT_PM1B_CNT_BLK 68
+#define FADT_PM_TMR_BLK 76
+#define FADT_PM1_EVT_LEN 88
 #define FADT_FLAGS 112
 #define FADT_RESET_REG 116
 #define FADT_RESET_VALUE 128
 #define FADT_X_DSDT 140
+#define FADT_X_PM1A_EVT_BLK 148
 #define FADT_X_PM1A_CNT_BLK 172
 #define FADT_X_PM1B_CNT_BLK 184
+#define FADT_X_PM_TMR_BLK 208
 #define FADT_SLEEP_CONTROL_REG 244
 #define FADT_FLAG_RESET_REG_SUP (1u << 10)
 #define FADT_FLAG_HW_REDUCED_ACPI (1u << 20)
@@ -89,6 +95,15 @@ static void parse_madt(u64 madt)
             cpu = 1;
         } else if (type == 5 && len >= 12) { /* Local APIC address override, 5.2.12.8 */
             acpi.lapic_addr = *(const u64 *)(p + 4);
+        } else if (type == 1 && len >= 12 && !acpi.ioapic_addr) { /* I/O APIC, 5.2.12.3 */
+            acpi.ioapic_addr = *(const u32 *)(p + 4);
+            acpi.ioapic_gsi_base = *(const u32 *)(p + 8);
+        } else if (type == 2 && len >= 10) { /* Interrupt Source Override, 5.2.12.5 */
+            u8 src = *(const u8 *)(p + 3);
+            if (*(const u8 *)(p + 2) == 0 && src < 16) { /* bus 0: ISA */
+                acpi.isa_gsi[src] = *(const u32 *)(p + 4);
+                acpi.isa_flags[src] = *(const u16 *)(p + 8);
+            }
         }
         if (cpu && (flags & 1)) { /* bit 0: Enabled */
             if (acpi.cpus_enabled < MAX_CPUS)
@@ -139,17 +154,34 @@ static void parse_fadt(u64 fadt)
         memcpy(&x_dsdt, f + FADT_X_DSDT, 8);
     acpi.dsdt = x_dsdt ? x_dsdt : *(const u32 *)(f + FADT_DSDT);
 
+    acpi.sci_irq = len >= FADT_SCI_INT + 2 ? *(const u16 *)(f + FADT_SCI_INT) : 0;
+    acpi.pm1a_evt = len >= FADT_PM1A_EVT_BLK + 4 ? *(const u32 *)(f + FADT_PM1A_EVT_BLK) : 0;
     acpi.pm1a_cnt = len >= FADT_PM1A_CNT_BLK + 4 ? *(const u32 *)(f + FADT_PM1A_CNT_BLK) : 0;
     acpi.pm1b_cnt = len >= FADT_PM1B_CNT_BLK + 4 ? *(const u32 *)(f + FADT_PM1B_CNT_BLK) : 0;
+    acpi.pm_tmr = len >= FADT_PM_TMR_BLK + 4 ? *(const u32 *)(f + FADT_PM_TMR_BLK) : 0;
+    acpi.pm1_evt_len = len > FADT_PM1_EVT_LEN ? f[FADT_PM1_EVT_LEN] : 0;
     /* 5.2.9: the X_ field wins when it is set; we only use it when it is in I/O space. */
     if (len >= FADT_X_PM1B_CNT_BLK + 12) {
         struct gas g;
+        read_gas(fadt + FADT_X_PM1A_EVT_BLK, &g);
+        if (g.address && g.space == GAS_SPACE_IO)
+            acpi.pm1a_evt = (u32)g.address;
         read_gas(fadt + FADT_X_PM1A_CNT_BLK, &g);
         if (g.address && g.space == GAS_SPACE_IO)
             acpi.pm1a_cnt = (u32)g.address;
         read_gas(fadt + FADT_X_PM1B_CNT_BLK, &g);
         if (g.address && g.space == GAS_SPACE_IO)
             acpi.pm1b_cnt = (u32)g.address;
+    }
+    if (len >= FADT_X_PM_TMR_BLK + 12) {
+        struct gas g;
+        read_gas(fadt + FADT_X_PM_TMR_BLK, &g);
+        if (g.address && g.space == GAS_SPACE_IO)
+            acpi.pm_tmr = (u32)g.address;
+    }
+    if (acpi.hw_reduced) { /* 4.1: no fixed hardware; the legacy fields must be ignored */
+        acpi.pm1a_evt = acpi.pm_tmr = 0;
+        acpi.pm1_evt_len = 0;
     }
     if (len >= FADT_RESET_VALUE + 1) {
         acpi.reset_supported = !!(flags & FADT_FLAG_RESET_REG_SUP);
@@ -186,6 +218,8 @@ u64 acpi_find_table(const char sig[4])
 void acpi_init(u64 rsdp)
 {
     acpi.rsdp = rsdp;
+    for (u32 i = 0; i < 16; i++) /* without an override ISA IRQ i is GSI i (5.2.12.5) */
+        acpi.isa_gsi[i] = i;
     if (!rsdp || memcmp((const char *)rsdp, "RSD PTR ", 8) != 0)
         return;
     /* RSDP, 5.2.5.3: RsdtAddress at 16 (u32); revision >= 2 adds XsdtAddress at 24 (u64). */

@@ -93,22 +93,26 @@ static void parse_linux(u64 raw)
     }
 }
 
-/* ---- IDT: 32 exception vectors, 16-byte interrupt gates (SDM vol. 3A 6.14.1) ---- */
+/* ---- IDT: 256 16-byte interrupt gates (SDM vol. 3A 6.14.1); the runtime fills the 32
+ * exception vectors, idt_set_gate() the others (not-present gates fault with #NP) ---- */
 extern const u64 exc_stubs[32];
-static u64 idt[64] __attribute__((aligned(16)));
+static u64 idt[2 * 256] __attribute__((aligned(16)));
 static struct {
     u16 limit;
     u64 base;
 } __attribute__((packed)) idt_desc;
 
+void idt_set_gate(u32 v, u64 h)
+{
+    idt[2 * v] = (h & 0xffff) | ((u64)0x08 << 16) | ((u64)0x8e << 40) /* P, DPL0, int gate */
+                 | ((h >> 16) & 0xffff) << 48;
+    idt[2 * v + 1] = h >> 32;
+}
+
 static void idt_init(void)
 {
-    for (int v = 0; v < 32; v++) {
-        u64 h = exc_stubs[v];
-        idt[2 * v] = (h & 0xffff) | ((u64)0x08 << 16) | ((u64)0x8e << 40) /* P, DPL0, int gate */
-                     | ((h >> 16) & 0xffff) << 48;
-        idt[2 * v + 1] = h >> 32;
-    }
+    for (u32 v = 0; v < 32; v++)
+        idt_set_gate(v, exc_stubs[v]);
     idt_desc.limit = sizeof(idt) - 1;
     idt_desc.base = (u64)idt;
 }

@@ -130,6 +130,14 @@ struct acpi_info {
     u32 cpus_enabled;   /* enabled Local APIC / x2APIC entries */
     u32 apic_ids[MAX_CPUS];
     u32 pm1a_cnt, pm1b_cnt; /* I/O ports, 0 when absent */
+    u32 pm1a_evt;           /* PM1a_EVT_BLK: status at +0, enable at +pm1_evt_len/2 (4.8.3.1) */
+    u32 pm1_evt_len;
+    u32 pm_tmr;             /* PM_TMR_BLK, 3.579545 MHz, 24 (or 32) bits (4.8.3.3) */
+    u32 sci_irq;            /* FADT SCI_INT: ISA IRQ of the SCI */
+    u64 ioapic_addr;        /* first I/O APIC of the MADT, 0 when none */
+    u32 ioapic_gsi_base;
+    u32 isa_gsi[16];        /* ISA IRQ -> GSI, from the MADT interrupt source overrides */
+    u16 isa_flags[16];      /* their MPS INTI flags (5.2.12.5 table 5.26), 0 = bus default */
     int hw_reduced;
     struct gas sleep_ctl;   /* hardware-reduced sleep control register */
     int reset_supported;
@@ -145,6 +153,42 @@ void acpi_init(u64 rsdp);          /* fills `acpi`; tolerant of missing tables *
 u64 acpi_find_table(const char sig[4]);
 __attribute__((noreturn)) void acpi_poweroff(void);
 __attribute__((noreturn)) void acpi_reset(int use_kbd);
+
+/* ---- interrupts (rt/intr.c, rt/irq.S): IDT gates, local APIC, I/O APIC, 8259 PIC ----
+ * Vectors 32..255 go through one stub each to a C handler, called with interrupts off on the
+ * interrupted stack; unhandled vectors are acknowledged (LAPIC EOI) and reported. */
+#define LAPIC_DEFAULT_BASE 0xfee00000ull
+#define IOAPIC_DEFAULT_BASE 0xfec00000ull
+#define SPURIOUS_VECTOR 0xff
+/* MPS INTI flags (ACPI 6.5 5.2.12.5 table 5.26), as in acpi.isa_flags. */
+#define INTI_POLARITY_MASK 0x3
+#define INTI_POLARITY_HIGH 0x1
+#define INTI_POLARITY_LOW 0x3
+#define INTI_TRIGGER_MASK 0xc
+#define INTI_TRIGGER_EDGE 0x4
+#define INTI_TRIGGER_LEVEL 0xc
+/* Routing options for ioapic_route. */
+#define IRQ_LEVEL 0x1
+#define IRQ_ACTIVE_LOW 0x2
+
+typedef void (*irq_handler_t)(u32 vector);
+void idt_set_gate(u32 vector, u64 handler);  /* 64-bit interrupt gate, kernel CS */
+void irq_init(void);        /* installs the stubs for vectors 32..255; call once on the BSP */
+void irq_set_handler(u32 vector, irq_handler_t h);
+u64 lapic_base(void);       /* from the MADT, else 0xfee00000 */
+u32 lapic_read(u32 reg);
+void lapic_write(u32 reg, u32 value);
+void lapic_enable(void);    /* TPR 0, software enable with SPURIOUS_VECTOR */
+void lapic_eoi(void);
+/* Programs the I/O APIC pin of `gsi`: fixed delivery, physical destination `apic_id`,
+ * unmasked; flags IRQ_LEVEL / IRQ_ACTIVE_LOW. Returns -1 when no I/O APIC has that GSI. */
+int ioapic_route(u32 gsi, u8 vector, u32 flags, u8 apic_id);
+void ioapic_mask(u32 gsi);
+/* The routing of ISA IRQ `irq` (MADT overrides, else `bus_default` IRQ_* flags): its GSI. */
+u32 isa_irq_gsi(u32 irq, u32 bus_default, u32 *flags);
+void pic_disable(void);     /* remaps the 8259s to vectors 0x20..0x2f and masks every line */
+static inline void irq_enable(void) { __asm__ volatile("sti" ::: "memory"); }
+static inline void irq_disable(void) { __asm__ volatile("cli" ::: "memory"); }
 
 /* ---- CMOS / RTC (MC146818) ---- */
 u8 cmos_read(u8 index);
