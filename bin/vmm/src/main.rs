@@ -69,7 +69,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     if bytes > ironvirt_arch::memory::MAX_MEMORY {
         return Err("guest memory must be at most 1 TiB".into());
     }
-    if bytes % 4096 != 0 {
+    if !bytes.is_multiple_of(4096) {
         return Err("guest memory must be a whole number of 4 KiB pages".into());
     }
     Ok(bytes)

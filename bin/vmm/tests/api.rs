@@ -105,7 +105,7 @@ fn power_button_powers_the_guest_off_the_acpi_way_and_writes_the_exit_file() {
     let idle = start_idle("button", &[]);
     let c = client(&idle);
     let pong = c.call("GET", "/v1/ping").unwrap();
-    assert!(pong.contains(&format!("\"pid\":")), "{pong}");
+    assert!(pong.contains("\"pid\":"), "{pong}");
     c.call("PUT", "/v1/vm/power-button").unwrap();
     let out = idle.run.wait(Duration::from_secs(20));
     assert_eq!(out.code, Some(0), "{out}");

@@ -115,13 +115,11 @@ fn apply_topology(e: &mut kvm_cpuid_entry2, apic_id: u32, num_cpus: u32) {
                 e.edx &= !bits::L1_EDX_HTT;
             }
         }
-        0x4 => {
-            // Deterministic cache parameters: EAX[31:26] cores per package - 1; each cache is
-            // shared by one thread (EAX[25:14] = 0) in this topology.
-            if e.eax & 0x1f != 0 {
-                let cores = num_cpus.next_power_of_two().min(64) - 1;
-                e.eax = (e.eax & 0x3fff) | (cores << 26);
-            }
+        // Deterministic cache parameters (type in EAX[4:0], 0 = no more caches): EAX[31:26]
+        // cores per package - 1; each cache is shared by one thread (EAX[25:14] = 0).
+        0x4 if e.eax & 0x1f != 0 => {
+            let cores = num_cpus.next_power_of_two().min(64) - 1;
+            e.eax = (e.eax & 0x3fff) | (cores << 26);
         }
         0xb | 0x1f => {
             // Extended topology (SDM Vol. 2A, leaf 0Bh): level 0 = SMT (1 thread), level 1 =
@@ -196,7 +194,7 @@ mod tests {
 
     fn host_like() -> CpuId {
         CpuId::from_entries(&[
-            entry(0x1, 0, 0x906ea, 0, u32::MAX & !bits::L1_ECX_HYPERVISOR, u32::MAX),
+            entry(0x1, 0, 0x906ea, 0, !bits::L1_ECX_HYPERVISOR, u32::MAX),
             entry(0x7, 0, 0, u32::MAX, u32::MAX, u32::MAX),
             entry(0xb, 0, 1, 2, 0x100, 7),
             entry(0xb, 1, 4, 16, 0x201, 7),

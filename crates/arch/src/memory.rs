@@ -40,7 +40,7 @@ pub fn ram_ranges(size: u64) -> Result<Vec<(GuestAddress, u64)>, MemoryError> {
     if !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
         return Err(MemoryError::BadSize { size });
     }
-    if size % 4096 != 0 {
+    if !size.is_multiple_of(4096) {
         return Err(MemoryError::Unaligned { size });
     }
     let low = size.min(MMIO_HOLE_START);

@@ -9,14 +9,14 @@ pub fn newc_archive(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
         entry(&mut out, ino as u32 + 1, name, *mode, data);
     }
     entry(&mut out, 0, "TRAILER!!!", 0, &[]);
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
     out
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
