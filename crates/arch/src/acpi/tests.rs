@@ -412,11 +412,13 @@ fn tables_do_not_overlap_and_stay_in_region_for_max_cpus() {
 }
 
 /// Disassembles every table with ACPICA's `iasl` and fails on any error or warning it reports.
-/// Ignored by default because it needs the host tool; run it with
-/// `cargo test -p ironvirt-arch acpi -- --ignored`.
+/// Needs `iasl` (Debian package acpica-tools, installed by scripts/install-deps.sh).
 #[test]
-#[ignore = "needs iasl from acpica-tools (apt-get install -y acpica-tools)"]
 fn iasl_disassembles_all_tables_cleanly() {
+    assert!(
+        std::process::Command::new("iasl").arg("-v").output().is_ok(),
+        "iasl is missing: run scripts/install-deps.sh (apt-get install -y acpica-tools)"
+    );
     let dir = std::env::temp_dir().join(format!("ironvirt-acpi-iasl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mem = build(&AcpiConfig {
