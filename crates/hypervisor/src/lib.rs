@@ -7,6 +7,7 @@
 //! exactly one vCPU thread; [`Vm`] is shared (`&self` methods only) by the VMM's threads.
 
 mod exit;
+mod routing;
 mod vcpu;
 mod vm;
 
@@ -15,8 +16,10 @@ use std::io;
 pub use exit::{EmulationFailure, VcpuExit};
 pub use kvm_bindings;
 pub use kvm_bindings::CpuId;
+pub use routing::{MsiRoute, FIRST_MSI_GSI};
 pub use vcpu::Vcpu;
 pub use vm::Vm;
+pub use vmm_sys_util::eventfd::EventFd;
 
 use kvm_ioctls::Kvm;
 

@@ -22,6 +22,10 @@ impl Vm {
         Self { fd, memory: Mutex::new(Vec::new()) }
     }
 
+    pub(crate) fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
     /// Creates the in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT, and places
     /// the TSS and identity-map pages KVM needs on Intel hosts at `tss_addr` (three pages) and
     /// `identity_map_addr` (one page), which must lie in a hole the guest cannot use as RAM.
