@@ -1,0 +1,137 @@
+//! A device's I/O thread: waits on its queues' kick eventfds and a stop eventfd, and drains
+//! each kicked queue with the disable-notify / drain / re-enable loop (virtio 1.2 §2.7.10).
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::VirtioInterrupt;
+
+/// Processes one queue's available buffers.
+pub trait QueueHandler: Send + 'static {
+    /// Handles every available chain of queue `index`; returns whether any was used (so the
+    /// driver may need an interrupt). Must never panic on guest data.
+    fn process(&mut self, index: u16, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+}
+
+/// Errors starting or stopping a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// epoll/eventfd setup failed.
+    #[error("Cannot set up the worker's event loop")]
+    Setup(#[source] std::io::Error),
+    /// The thread could not be spawned.
+    #[error("Cannot spawn the worker thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A running worker; dropping it stops the thread and gives nothing back.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<Vec<Queue>>>,
+}
+
+const STOP_TOKEN: u64 = u64::MAX;
+
+impl Worker {
+    /// Starts a thread named `name` running `handler` over `queues`.
+    pub fn start<H: QueueHandler>(
+        name: &str,
+        mem: GuestMemoryMmap,
+        queues: Vec<(Queue, EventFd)>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        mut handler: H,
+    ) -> Result<Self, WorkerError> {
+        let epoll = Epoll::new().map_err(WorkerError::Setup)?;
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::Setup)?;
+        let add = |fd: i32, token: u64| {
+            epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+                .map_err(WorkerError::Setup)
+        };
+        add(stop.as_raw_fd(), STOP_TOKEN)?;
+        for (i, (_, kick)) in queues.iter().enumerate() {
+            add(kick.as_raw_fd(), i as u64)?;
+        }
+        let stop_clone = stop.try_clone().map_err(WorkerError::Setup)?;
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut queues = queues;
+                let mut events = vec![EpollEvent::default(); queues.len() + 1];
+                loop {
+                    let n = match epoll.wait(-1, &mut events) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            log::error!("virtio worker: epoll failed, device stops: {e}");
+                            break;
+                        }
+                    };
+                    for ev in &events[..n] {
+                        let token = ev.data();
+                        if token == STOP_TOKEN {
+                            let _ = stop_clone.read();
+                            return queues.into_iter().map(|(q, _)| q).collect();
+                        }
+                        let Some((queue, kick)) = queues.get_mut(token as usize) else { continue };
+                        let _ = kick.read();
+                        drain(token as u16, queue, &mem, &mut handler, interrupt.as_ref());
+                    }
+                }
+                queues.into_iter().map(|(q, _)| q).collect()
+            })
+            .map_err(WorkerError::Spawn)?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+
+    /// Stops the thread and returns the queues (for reset or snapshot).
+    pub fn stop(mut self) -> Vec<Queue> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Vec<Queue> {
+        let _ = self.stop.write(1);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+/// Drains `queue` until no buffers remain with notifications re-enabled, then interrupts the
+/// driver if it asked for it.
+pub(crate) fn drain<H: QueueHandler>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    handler: &mut H,
+    interrupt: &dyn VirtioInterrupt,
+) {
+    let mut used_any = false;
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            break;
+        }
+        used_any |= handler.process(index, queue, mem);
+        match queue.enable_notification(mem) {
+            Ok(true) => continue, // more buffers arrived meanwhile
+            _ => break,
+        }
+    }
+    if used_any && queue.needs_notification(mem).unwrap_or(true) {
+        if let Err(e) = interrupt.notify_queue(index) {
+            ironvirt_vm_bus::guest_warn!("virtio: cannot interrupt the driver: {e}");
+        }
+    }
+}
