@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ironvirt_test_support::{
-    kit_guest, kvm_backing, linux_guest, newc_archive, KvmBacking, VmmRun,
-};
+use ironvirt_test_support::{kit_guest, kvm_backing, linux_guest, KvmBacking, VmmRun};
 
 const VMM: &str = env!("CARGO_BIN_EXE_ironvirt-vmm");
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -58,13 +56,7 @@ fn main() {
 }
 
 fn stock_initramfs(script: &str, tag: &str) -> PathBuf {
-    let guest = linux_guest(true);
-    let mut image = std::fs::read(&guest.initramfs).expect("initramfs readable");
-    image.extend(newc_archive(&[("test.sh", 0o100755, script.as_bytes())]));
-    let path =
-        std::env::temp_dir().join(format!("ironvirt-stock-{tag}-{}.cpio", std::process::id()));
-    std::fs::write(&path, image).expect("temp dir writable");
-    path
+    linux_guest(true).initramfs_with_script(script, tag)
 }
 
 fn stock_args(initramfs: &Path, cpus: &str) -> Vec<String> {

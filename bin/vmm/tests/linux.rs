@@ -6,20 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ironvirt_test_support::{linux_guest, newc_archive, require_kvm, RunOutcome, VmmRun};
+use ironvirt_test_support::{linux_guest, require_kvm, RunOutcome, VmmRun};
 
 const VMM: &str = env!("CARGO_BIN_EXE_ironvirt-vmm");
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The guest's initramfs with `/test.sh` appended as a second cpio archive.
 fn initramfs_with(script: &str, tag: &str) -> PathBuf {
-    let guest = linux_guest(false);
-    let mut image = std::fs::read(&guest.initramfs).expect("initramfs readable");
-    image.extend(newc_archive(&[("test.sh", 0o100755, script.as_bytes())]));
-    let path =
-        std::env::temp_dir().join(format!("ironvirt-linux-{tag}-{}.cpio", std::process::id()));
-    std::fs::write(&path, image).expect("temp dir writable");
-    path
+    linux_guest(false).initramfs_with_script(script, tag)
 }
 
 fn args(initramfs: &Path, cpus: &str) -> Vec<String> {

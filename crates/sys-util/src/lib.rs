@@ -4,4 +4,5 @@
 //! out of `KVM_RUN`. Any thread may call these; state is process-global by nature.
 
 pub mod signals;
+pub mod socket;
 pub mod terminal;

@@ -66,6 +66,18 @@ pub struct LinuxGuest {
     pub cmdline: String,
 }
 
+impl LinuxGuest {
+    /// A copy of the guest's initramfs with `script` appended as `/test.sh` in a second cpio
+    /// archive (the guest's /init runs it, then powers off). `tag` names the temporary file.
+    pub fn initramfs_with_script(&self, script: &str, tag: &str) -> PathBuf {
+        let mut image = std::fs::read(&self.initramfs).expect("initramfs readable");
+        image.extend(newc_archive(&[("test.sh", 0o100755, script.as_bytes())]));
+        let path = std::env::temp_dir().join(format!("ironvirt-{tag}-{}.cpio", std::process::id()));
+        std::fs::write(&path, image).expect("temp dir writable");
+        path
+    }
+}
+
 /// Builds (or finds in the cache) the Linux test guest, or the stock-kernel guest with
 /// `stock`. The first build takes ~15 minutes; later calls return at once.
 pub fn linux_guest(stock: bool) -> LinuxGuest {

@@ -3,8 +3,6 @@
 //! written back.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
@@ -34,16 +32,7 @@ pub(crate) fn start(
     tx: Sender<(u64, ControlEvent)>,
     tag: u64,
 ) -> io::Result<ApiServer> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path)?;
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot listen on {}: {e}", path.display()))
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = ironvirt_sys_util::socket::bind_unix_listener(path, 0o600)?;
     std::thread::Builder::new().name("api".into()).spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };

@@ -3,7 +3,6 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -182,15 +181,7 @@ struct HubState {
 
 impl SocketHub {
     fn listen(path: &Path) -> io::Result<Self> {
-        // Replace a stale socket from an earlier run, never any other kind of file.
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if meta.file_type().is_socket() {
-                std::fs::remove_file(path)?;
-            }
-        }
-        let listener = UnixListener::bind(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", path.display()))
-        })?;
+        let listener = ironvirt_sys_util::socket::bind_unix_listener(path, 0o600)?;
         Ok(Self {
             listener,
             state: Mutex::new(HubState { clients: Vec::new(), backlog: VecDeque::new() }),
