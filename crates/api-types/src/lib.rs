@@ -268,6 +268,14 @@ pub enum EventKind {
     Adopted,
 }
 
+/// Body of `PUT /v1/vms/{name}/autostart`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutostartRequest {
+    /// Start the VM when the daemon starts.
+    pub autostart: bool,
+}
+
 /// Every API error body: a stable machine-readable code and a message saying what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {
