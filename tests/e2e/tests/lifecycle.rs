@@ -15,7 +15,11 @@ fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
     let path = profile_dir.join(name);
-    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -96,7 +100,12 @@ impl Stack {
     /// Runs a CLI command that must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "ironvirt {args:?} failed: {}\n{}", show(&out), self.daemon_log());
+        assert!(
+            out.status.success(),
+            "ironvirt {args:?} failed: {}\n{}",
+            show(&out),
+            self.daemon_log()
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -189,7 +198,8 @@ fn full_lifecycle_through_the_cli_on_real_vms() {
     stack.ok(&["reboot", "web1"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let stats: VmCounters = serde_json::from_str(&stack.ok(&["--json", "stats", "web1"])).unwrap();
+        let stats: VmCounters =
+            serde_json::from_str(&stack.ok(&["--json", "stats", "web1"])).unwrap();
         if stats.reboots == 1 {
             break;
         }
@@ -227,13 +237,40 @@ fn documented_errors_and_exit_codes() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("nosuch"), "{}", show(&unknown));
 
     let kernel = kit_guest("idle.elf");
-    let invalid = stack.cli(&["create", "bad name!", "--cpus", "1", "--memory", "64M", "--kernel", kernel.to_str().unwrap()]);
+    let invalid = stack.cli(&[
+        "create",
+        "bad name!",
+        "--cpus",
+        "1",
+        "--memory",
+        "64M",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
     assert_eq!(invalid.status.code(), Some(6), "{}", show(&invalid));
-    let missing = stack.cli(&["create", "nokernel", "--cpus", "1", "--memory", "64M", "--kernel", "/nonexistent/k"]);
+    let missing = stack.cli(&[
+        "create",
+        "nokernel",
+        "--cpus",
+        "1",
+        "--memory",
+        "64M",
+        "--kernel",
+        "/nonexistent/k",
+    ]);
     assert_eq!(missing.status.code(), Some(6), "{}", show(&missing));
 
     stack.create_idle("vm1");
-    let dup = stack.cli(&["create", "vm1", "--cpus", "1", "--memory", "64M", "--kernel", kernel.to_str().unwrap()]);
+    let dup = stack.cli(&[
+        "create",
+        "vm1",
+        "--cpus",
+        "1",
+        "--memory",
+        "64M",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
     assert_eq!(dup.status.code(), Some(5), "{}", show(&dup));
     stack.ok(&["start", "vm1"]);
     stack.wait_state("vm1", VmState::Running, Duration::from_secs(20));
@@ -275,7 +312,15 @@ fn eight_vms_start_concurrently_and_survive_a_daemon_kill9() {
     let stats: VmCounters = serde_json::from_str(&stack.ok(&["--json", "stats", "vm3"])).unwrap();
     assert!(stats.uptime_ms > 0);
     let out = stack.cli_with_input(&["console", "vm5", "--timeout", "2"], b"q");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("input: 0x71"), "console after re-adoption: {}", show(&out));
-    assert_eq!(std::fs::read(stack.dir.join("state/vms/vm0.toml")).unwrap(), definition, "definition kept byte for byte");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("input: 0x71"),
+        "console after re-adoption: {}",
+        show(&out)
+    );
+    assert_eq!(
+        std::fs::read(stack.dir.join("state/vms/vm0.toml")).unwrap(),
+        definition,
+        "definition kept byte for byte"
+    );
     eprintln!("8 VMs reached running {all_running:?} after the concurrent starts");
 }
