@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 make -s -C guests
 echo "test: preparing the Linux test guest (cached after the first build)" >&2
 bash guests/linux/build.sh >/dev/null
+# The end-to-end tests (tests/e2e) run the daemon, CLI and VMM binaries: build them first.
+cargo build --workspace --bins
 cargo test --workspace "$@"
