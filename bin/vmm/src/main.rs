@@ -50,6 +50,9 @@ struct Cli {
     /// Exit with code 3 when the guest resets, instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
+    /// Attach a virtio-rng entropy device (virtio-pci).
+    #[arg(long)]
+    rng: bool,
     /// Serve the per-VM control API (HTTP/JSON, docs/API.md) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
         boot_protocol: cli.boot_protocol,
         serial: cli.serial,
         no_reboot: cli.no_reboot,
+        rng: cli.rng,
         api_socket: cli.api_socket,
         exit_file: cli.exit_file,
     };

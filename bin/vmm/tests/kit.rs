@@ -237,3 +237,28 @@ fn serial_output_can_go_to_a_file() {
     );
     assert!(text.contains("IRONVIRT-KIT hello done"), "{text}");
 }
+
+fn check_vrng(irq: &str) {
+    let out = boot("vrng.elf", &["--rng", "--cpus", "2", "--cmdline", irq]);
+    assert_completed(&out, "vrng");
+    assert!(out.stdout.contains("pci: 00:01.0 1af4:1044"), "virtio-rng on the PCI bus: {out}");
+    assert_eq!(out.value("rng-bytes"), "256", "{out}");
+    let distinct: u32 = out.value("rng-distinct").parse().unwrap();
+    assert!(distinct > 100, "256 random bytes take many distinct values: {out}");
+}
+
+#[test]
+fn virtio_rng_over_pci_with_msix() {
+    check_vrng("irq=msix");
+}
+
+#[test]
+fn virtio_rng_over_pci_polling() {
+    check_vrng("irq=poll");
+}
+
+#[test]
+fn no_pci_devices_means_no_rng_for_the_guest() {
+    let out = boot("vrng.elf", &[]);
+    assert!(out.stdout.contains("virtio: no device 1af4:1044"), "{out}");
+}

@@ -10,6 +10,7 @@
 //! device. No Rust references into guest memory are held.
 #![forbid(unsafe_code)]
 
+pub mod pci;
 pub mod rng;
 mod worker;
 

@@ -63,6 +63,8 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// Exit instead of rebooting when the guest resets.
     pub no_reboot: bool,
+    /// Attach a virtio-rng device (PCI).
+    pub rng: bool,
     /// Where to serve the control API (docs/API.md), if anywhere.
     pub api_socket: Option<PathBuf>,
     /// Where to write `{"code": N, "reason": "..."}` when the VMM exits.

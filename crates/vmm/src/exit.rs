@@ -109,6 +109,9 @@ pub enum VmmError {
     /// The control API socket could not be set up.
     #[error("Cannot set up the control API socket")]
     Api(#[source] io::Error),
+    /// The PCI root complex or a PCI device could not be set up.
+    #[error("Cannot set up PCI: {0}")]
+    Pci(String),
     /// The serial console backend could not be set up.
     #[error("Cannot set up the serial console")]
     Console(#[source] io::Error),

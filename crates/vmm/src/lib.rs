@@ -15,6 +15,7 @@ mod control;
 mod exit;
 mod interrupts;
 mod machine;
+mod pci;
 mod vcpu;
 
 pub use config::{parse_size, SerialConfig, VmConfig};

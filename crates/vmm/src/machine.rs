@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ironvirt_arch::acpi::pci::{mcfg, PciRootBridge};
 use ironvirt_arch::acpi::{create_acpi_tables, AcpiConfig};
 use ironvirt_arch::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 use ironvirt_arch::{regs, BootSource};
 use ironvirt_devices::{acpi_pm, i8042, pvpanic, rtc, serial, AcpiPm, PvPanic, Rtc, Serial, I8042};
 use ironvirt_hypervisor::{CpuId, Hypervisor, Vcpu, Vm};
+use ironvirt_virtio::VirtioDevice;
 use ironvirt_vm_bus::{Bus, GuestEventSink, SharedDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -75,11 +77,20 @@ pub(crate) fn boot(
     let vm = Arc::new(hv.create_vm()?);
     // Installing the first memory slot costs milliseconds inside KVM (an SRCU grace period);
     // do the rest of the setup meanwhile. Nothing below needs the slot before KVM_RUN.
-    let ((pio, acpi_pm), vcpus) = std::thread::scope(|scope| {
+    let ((pio, mmio, acpi_pm), vcpus) = std::thread::scope(|scope| {
         let registering = scope.spawn(|| vm.register_memory(&memory));
         let setup = (|| {
             vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
-            let acpi = AcpiConfig { num_cpus: cfg.cpus, ..Default::default() };
+            let devices = virtio_devices(cfg);
+            let mut acpi = AcpiConfig { num_cpus: cfg.cpus, ..Default::default() };
+            if !devices.is_empty() {
+                let window = ironvirt_pci::PciWindows::DEFAULT_MMIO32;
+                acpi.sb_devices.push(Box::new(PciRootBridge {
+                    mmio_base: window.base as u32,
+                    mmio_size: window.size as u32,
+                }));
+                acpi.extra_tables.push(Box::new(mcfg(crate::pci::ECAM_BASE, 0)));
+            }
             let rsdp = create_acpi_tables(&memory, &acpi)?;
             let source = BootSource {
                 kernel: &mut kernel,
@@ -90,9 +101,13 @@ pub(crate) fn boot(
             let entry = ironvirt_arch::load_boot(&memory, cfg.memory, rsdp.0, source)
                 .map_err(|cause| VmmError::Boot { path: cfg.kernel.clone(), cause })?;
             regs::write_boot_tables(&memory)?;
-            let pio = platform_bus(&vm, persistent, &events)?;
+            let (mut pio, acpi_pm) = platform_bus(&vm, persistent, &events)?;
+            let mut mmio = Bus::new();
+            if !devices.is_empty() {
+                crate::pci::attach(&vm, &memory, devices, &mut pio, &mut mmio)?;
+            }
             let vcpus = create_vcpus(&vm, cfg, persistent, entry)?;
-            Ok::<_, VmmError>((pio, vcpus))
+            Ok::<_, VmmError>(((pio, mmio, acpi_pm), vcpus))
         })();
         let registered = registering.join().expect("memory registration does not panic");
         let ready = setup?;
@@ -102,7 +117,7 @@ pub(crate) fn boot(
 
     let shared = Arc::new(VcpuShared {
         pio,
-        mmio: Bus::new(),
+        mmio,
         events,
         stop: AtomicBool::new(false),
         pause: PauseGate::default(),
@@ -120,6 +135,15 @@ pub(crate) fn boot(
         threads.push(handle);
     }
     Ok(Machine { shared, threads, acpi_pm, _vm: vm })
+}
+
+/// The virtio devices `cfg` asks for, in PCI slot order.
+fn virtio_devices(cfg: &VmConfig) -> Vec<Box<dyn VirtioDevice>> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if cfg.rng {
+        devices.push(Box::new(ironvirt_virtio::rng::Rng::new()));
+    }
+    devices
 }
 
 /// Creates the vCPUs with their CPUID, MSRs, FPU and LAPIC state; vCPU 0 at the kernel entry.

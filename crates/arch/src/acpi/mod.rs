@@ -22,6 +22,7 @@
 mod dsdt;
 mod fadt;
 mod madt;
+pub mod pci;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,587 @@
+//! The virtio 1.x modern PCI transport (virtio 1.2 §4.1): one memory BAR holding the common
+//! configuration, ISR, device configuration, notification area and the MSI-X table and PBA,
+//! described by vendor capabilities. Queue notifications are meant to be ioeventfds (see
+//! [`PciDevice::ioeventfds`]); a notify write that still reaches us signals the same eventfd.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ironvirt_pci::{
+    BarKind, ConfigSpace, IoEventSpec, MsiSink, MsixConfig, PciDevice, PciError, PciIds,
+};
+use ironvirt_vm_bus::guest_debug;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::{Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+
+/// PCI vendor id of virtio devices (§4.1.2).
+pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
+/// Modern device ids are 0x1040 + device type (§4.1.2).
+pub const VIRTIO_DEVICE_ID_BASE: u16 = 0x1040;
+
+/// BAR layout (all in BAR 0).
+pub const BAR_SIZE: u64 = 0x10000;
+const COMMON_OFFSET: u64 = 0x0000;
+const COMMON_LEN: u64 = 0x38;
+const ISR_OFFSET: u64 = 0x1000;
+const DEVICE_CFG_OFFSET: u64 = 0x2000;
+const DEVICE_CFG_LEN: u64 = 0x1000;
+const NOTIFY_OFFSET: u64 = 0x3000;
+/// Each queue's doorbell is 4 bytes after the previous one.
+pub const NOTIFY_OFF_MULTIPLIER: u32 = 4;
+const MSIX_TABLE_OFFSET: u64 = 0x8000;
+const MSIX_PBA_OFFSET: u64 = 0x9000;
+
+// virtio_pci_cap cfg_type values (§4.1.4).
+const CAP_COMMON: u8 = 1;
+const CAP_NOTIFY: u8 = 2;
+const CAP_ISR: u8 = 3;
+const CAP_DEVICE: u8 = 4;
+
+// device_status bits (§2.1).
+const STATUS_FEATURES_OK: u8 = 8;
+const STATUS_DRIVER_OK: u8 = 4;
+const STATUS_NEEDS_RESET: u8 = 0x40;
+
+/// "No vector" for config_msix_vector / queue_msix_vector (§4.1.5.1.2).
+pub const NO_VECTOR: u16 = 0xffff;
+
+struct QueueConfig {
+    queue: Queue,
+    vector: u16,
+}
+
+/// Interrupt delivery shared with the device's worker thread.
+struct Interrupts {
+    msix: Arc<Mutex<MsixConfig>>,
+    queue_vectors: Mutex<Vec<u16>>,
+    config_vector: Mutex<u16>,
+    isr: AtomicU8,
+}
+
+impl Interrupts {
+    fn send(&self, vector: u16, isr_bit: u8) -> std::io::Result<()> {
+        self.isr.fetch_or(isr_bit, Ordering::AcqRel);
+        if vector == NO_VECTOR {
+            return Ok(()); // No INTx: the driver must poll.
+        }
+        self.msix.lock().unwrap_or_else(|p| p.into_inner()).trigger(vector).map(|_| ())
+    }
+}
+
+impl VirtioInterrupt for Interrupts {
+    fn notify_queue(&self, queue: u16) -> std::io::Result<()> {
+        let vector = self
+            .queue_vectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(usize::from(queue))
+            .copied()
+            .unwrap_or(NO_VECTOR);
+        self.send(vector, 1)
+    }
+
+    fn notify_config(&self) -> std::io::Result<()> {
+        let vector = *self.config_vector.lock().unwrap_or_else(|p| p.into_inner());
+        self.send(vector, 2)
+    }
+}
+
+/// A virtio device behind the modern PCI transport.
+pub struct VirtioPciDevice {
+    config: ConfigSpace,
+    device: Box<dyn VirtioDevice>,
+    interrupts: Arc<Interrupts>,
+    mem: GuestMemoryMmap,
+    queues: Vec<QueueConfig>,
+    kicks: Vec<EventFd>,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    queue_select: u16,
+    status: u8,
+    config_generation: u8,
+    active: bool,
+}
+
+/// Errors building the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioPciError {
+    /// Config space or MSI-X setup failed.
+    #[error("Cannot build the PCI function")]
+    Pci(#[from] PciError),
+    /// An eventfd could not be created.
+    #[error("Cannot create a queue eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// A queue size is not a power of two.
+    #[error("Queue {index} has an invalid maximum size")]
+    QueueSize {
+        /// Queue index.
+        index: usize,
+    },
+}
+
+fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec<u8> {
+    // struct virtio_pci_cap after cap_vndr/cap_next/cap_len (§4.1.4): cfg_type, bar, id,
+    // padding[2], offset (le32), length (le32) [, notify_off_multiplier (le32)].
+    let mut p = vec![cfg_type, 0, 0, 0, 0];
+    p.extend_from_slice(&(offset as u32).to_le_bytes());
+    p.extend_from_slice(&(length as u32).to_le_bytes());
+    if let Some(x) = extra {
+        p.extend_from_slice(&x.to_le_bytes());
+    }
+    p
+}
+
+impl VirtioPciDevice {
+    /// Wraps `device`; MSI-X vectors (one per queue plus one for config changes) are
+    /// delivered through `sink`.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        sink: Arc<dyn MsiSink>,
+    ) -> Result<Self, VirtioPciError> {
+        let dtype = device.device_type();
+        let class_code = match dtype {
+            crate::device_type::NET => 0x02_0000,
+            crate::device_type::BLOCK => 0x01_0000,
+            _ => 0x00_ff00,
+        };
+        let ids = PciIds {
+            vendor_id: VIRTIO_VENDOR_ID,
+            device_id: VIRTIO_DEVICE_ID_BASE + dtype as u16,
+            revision_id: 1,
+            class_code,
+            subsystem_vendor_id: VIRTIO_VENDOR_ID,
+            subsystem_id: 0x40,
+        };
+        let mut config = ConfigSpace::new(&ids);
+        config.add_bar(0, BarKind::Memory32 { prefetchable: false }, BAR_SIZE)?;
+        let num_queues = device.queue_max_sizes().len();
+        let msix = MsixConfig::new(num_queues as u16 + 1, sink)?;
+        config.add_msix_capability(&msix.capability(
+            0,
+            MSIX_TABLE_OFFSET as u32,
+            0,
+            MSIX_PBA_OFFSET as u32,
+        ))?;
+        config.add_vendor_capability(&vendor_cap(CAP_COMMON, COMMON_OFFSET, COMMON_LEN, None))?;
+        config.add_vendor_capability(&vendor_cap(
+            CAP_NOTIFY,
+            NOTIFY_OFFSET,
+            u64::from(NOTIFY_OFF_MULTIPLIER) * num_queues as u64,
+            Some(NOTIFY_OFF_MULTIPLIER),
+        ))?;
+        config.add_vendor_capability(&vendor_cap(CAP_ISR, ISR_OFFSET, 1, None))?;
+        config.add_vendor_capability(&vendor_cap(
+            CAP_DEVICE,
+            DEVICE_CFG_OFFSET,
+            DEVICE_CFG_LEN,
+            None,
+        ))?;
+        let mut queues = Vec::with_capacity(num_queues);
+        let mut kicks = Vec::with_capacity(num_queues);
+        for (index, &max) in device.queue_max_sizes().iter().enumerate() {
+            let queue = Queue::new(max).map_err(|_| VirtioPciError::QueueSize { index })?;
+            queues.push(QueueConfig { queue, vector: NO_VECTOR });
+            kicks.push(EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?);
+        }
+        let interrupts = Arc::new(Interrupts {
+            msix: Arc::new(Mutex::new(msix)),
+            queue_vectors: Mutex::new(vec![NO_VECTOR; num_queues]),
+            config_vector: Mutex::new(NO_VECTOR),
+            isr: AtomicU8::new(0),
+        });
+        Ok(Self {
+            config,
+            device,
+            interrupts,
+            mem,
+            queues,
+            kicks,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            queue_select: 0,
+            status: 0,
+            config_generation: 0,
+            active: false,
+        })
+    }
+
+    /// The eventfd signalled when the driver kicks queue `index` (for the VMM's ioeventfd).
+    pub fn kick(&self, index: usize) -> Option<&EventFd> {
+        self.kicks.get(index)
+    }
+
+    /// Requests and bytes the device handled.
+    pub fn counters(&self) -> (u64, u64) {
+        self.device.counters()
+    }
+
+    fn selected(&mut self) -> Option<&mut QueueConfig> {
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    fn reset_device(&mut self) {
+        if self.active {
+            self.device.reset();
+            self.active = false;
+        }
+        for q in &mut self.queues {
+            q.queue.reset();
+            q.vector = NO_VECTOR;
+        }
+        *self.interrupts.queue_vectors.lock().unwrap_or_else(|p| p.into_inner()) =
+            vec![NO_VECTOR; self.queues.len()];
+        *self.interrupts.config_vector.lock().unwrap_or_else(|p| p.into_inner()) = NO_VECTOR;
+        self.interrupts.isr.store(0, Ordering::Release);
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.queue_select = 0;
+    }
+
+    fn activate(&mut self) {
+        let event_idx = self.driver_features & crate::VIRTIO_F_RING_EVENT_IDX != 0;
+        for q in &mut self.queues {
+            q.queue.set_event_idx(event_idx);
+        }
+        if let Some(i) =
+            self.queues.iter().position(|q| q.queue.ready() && !q.queue.is_valid(&self.mem))
+        {
+            guest_debug!("virtio-pci: queue {i} is not valid; device needs reset");
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        }
+        let mut queues = Vec::new();
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            if !q.queue.ready() {
+                continue;
+            }
+            let Ok(kick) = self.kicks[i].try_clone() else {
+                self.status |= STATUS_NEEDS_RESET;
+                return;
+            };
+            // The device owns the queue while active; a fresh one takes its place here and
+            // reset starts from it.
+            let fresh = Queue::new(q.queue.max_size()).expect("max size was valid at creation");
+            queues.push((std::mem::replace(&mut q.queue, fresh), kick));
+        }
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupts.clone(),
+            features: self.driver_features,
+        };
+        match self.device.activate(activation) {
+            Ok(()) => self.active = true,
+            Err(e) => {
+                log::warn!("virtio-pci: cannot activate the device: {e}");
+                self.status |= STATUS_NEEDS_RESET;
+            }
+        }
+    }
+
+    fn write_status(&mut self, value: u8) {
+        if value == 0 {
+            self.reset_device();
+            return;
+        }
+        let mut value = value;
+        if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            // §3.1.1: accept only a subset of what we offer, with VERSION_1.
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
+                value &= !STATUS_FEATURES_OK;
+            }
+        }
+        let starting = value & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
+        self.status = value;
+        if starting && !self.active {
+            self.activate();
+        }
+    }
+
+    fn read_common(&mut self, offset: u64, data: &mut [u8]) {
+        let features = self.device.features();
+        let value: u64 = match (offset, data.len()) {
+            (0x00, 4) => u64::from(self.device_feature_select),
+            (0x04, 4) => match self.device_feature_select {
+                0 => features & 0xffff_ffff,
+                1 => features >> 32,
+                _ => 0,
+            },
+            (0x08, 4) => u64::from(self.driver_feature_select),
+            (0x0c, 4) => match self.driver_feature_select {
+                0 => self.driver_features & 0xffff_ffff,
+                1 => self.driver_features >> 32,
+                _ => 0,
+            },
+            (0x10, 2) => {
+                u64::from(*self.interrupts.config_vector.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            (0x12, 2) => self.queues.len() as u64,
+            (0x14, 1) => u64::from(self.status),
+            (0x15, 1) => u64::from(self.config_generation),
+            (0x16, 2) => u64::from(self.queue_select),
+            (0x18, 2) => self.selected().map_or(0, |q| u64::from(q.queue.size())),
+            (0x1a, 2) => self.selected().map_or(u64::from(NO_VECTOR), |q| u64::from(q.vector)),
+            (0x1c, 2) => self.selected().map_or(0, |q| u64::from(q.queue.ready())),
+            (0x1e, 2) => u64::from(self.queue_select),
+            (0x20, 4) => self.selected().map_or(0, |q| q.queue.desc_table() & 0xffff_ffff),
+            (0x24, 4) => self.selected().map_or(0, |q| q.queue.desc_table() >> 32),
+            (0x28, 4) => self.selected().map_or(0, |q| q.queue.avail_ring() & 0xffff_ffff),
+            (0x2c, 4) => self.selected().map_or(0, |q| q.queue.avail_ring() >> 32),
+            (0x30, 4) => self.selected().map_or(0, |q| q.queue.used_ring() & 0xffff_ffff),
+            (0x34, 4) => self.selected().map_or(0, |q| q.queue.used_ring() >> 32),
+            _ => {
+                guest_debug!("virtio-pci: common config read at {offset:#x} size {}", data.len());
+                0
+            }
+        };
+        data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
+    }
+
+    fn write_common(&mut self, offset: u64, data: &[u8]) {
+        let mut raw = [0u8; 8];
+        raw[..data.len()].copy_from_slice(data);
+        let v = u64::from_le_bytes(raw);
+        // Queue layout may change only before the device starts (§4.1.4.3.2).
+        let queue_writable = self.status & STATUS_DRIVER_OK == 0;
+        match (offset, data.len()) {
+            (0x00, 4) => self.device_feature_select = v as u32,
+            (0x08, 4) => self.driver_feature_select = v as u32,
+            (0x0c, 4) if self.status & STATUS_FEATURES_OK == 0 => {
+                match self.driver_feature_select {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (v << 32),
+                    _ => {}
+                }
+            }
+            (0x10, 2) => {
+                *self.interrupts.config_vector.lock().unwrap_or_else(|p| p.into_inner()) = v as u16
+            }
+            (0x14, 1) => self.write_status(v as u8),
+            (0x16, 2) => self.queue_select = v as u16,
+            (0x18, 2) if queue_writable => {
+                if let Some(q) = self.selected() {
+                    q.queue.set_size(v as u16);
+                }
+            }
+            (0x1a, 2) => {
+                let sel = usize::from(self.queue_select);
+                if let Some(q) = self.queues.get_mut(sel) {
+                    q.vector = v as u16;
+                    let mut vectors =
+                        self.interrupts.queue_vectors.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(slot) = vectors.get_mut(sel) {
+                        *slot = v as u16;
+                    }
+                }
+            }
+            (0x1c, 2) if queue_writable => {
+                if let Some(q) = self.selected() {
+                    q.queue.set_ready(v == 1);
+                }
+            }
+            (0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34, 4) if queue_writable => {
+                let Some(q) = self.selected() else { return };
+                let (low, high) = if offset.is_multiple_of(8) {
+                    (Some(v as u32), None)
+                } else {
+                    (None, Some(v as u32))
+                };
+                match offset & !7 {
+                    0x20 => q.queue.set_desc_table_address(low, high),
+                    0x28 => q.queue.set_avail_ring_address(low, high),
+                    _ => q.queue.set_used_ring_address(low, high),
+                }
+            }
+            _ => guest_debug!("virtio-pci: ignored common config write at {offset:#x}"),
+        }
+    }
+}
+
+impl PciDevice for VirtioPciDevice {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn msix_control_written(&mut self, control: u16) {
+        self.interrupts.msix.lock().unwrap_or_else(|p| p.into_inner()).set_message_control(control);
+    }
+
+    fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        if bar != 0 || !matches!(data.len(), 1 | 2 | 4 | 8) {
+            return;
+        }
+        match offset {
+            o if o < COMMON_LEN => self.read_common(o, data),
+            ISR_OFFSET => {
+                // Reading the ISR clears it (§4.1.4.5).
+                data.fill(0);
+                data[0] = self.interrupts.isr.swap(0, Ordering::AcqRel);
+            }
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
+                self.device.read_config(o - DEVICE_CFG_OFFSET, data)
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                let msix = self.interrupts.msix.lock().unwrap_or_else(|p| p.into_inner());
+                msix.read_table(o - MSIX_TABLE_OFFSET, data)
+            }
+            o if o >= MSIX_PBA_OFFSET => {
+                let msix = self.interrupts.msix.lock().unwrap_or_else(|p| p.into_inner());
+                msix.read_pba(o - MSIX_PBA_OFFSET, data)
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if bar != 0 || !matches!(data.len(), 1 | 2 | 4 | 8) {
+            return;
+        }
+        match offset {
+            o if o < COMMON_LEN => self.write_common(o, data),
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
+                self.device.write_config(o - DEVICE_CFG_OFFSET, data)
+            }
+            o if (NOTIFY_OFFSET..MSIX_TABLE_OFFSET).contains(&o) => {
+                // Normally absorbed by an ioeventfd; signal the same eventfd otherwise.
+                let index = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_OFF_MULTIPLIER)) as usize;
+                guest_debug!("virtio-pci: queue {index} notify reached the VMM (not an ioeventfd)");
+                match self.kicks.get(index) {
+                    Some(kick) => {
+                        let _ = kick.write(1);
+                    }
+                    None => guest_debug!("virtio-pci: notify of absent queue {index}"),
+                }
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                let mut msix = self.interrupts.msix.lock().unwrap_or_else(|p| p.into_inner());
+                msix.write_table(o - MSIX_TABLE_OFFSET, data)
+            }
+            _ => guest_debug!("virtio-pci: ignored BAR write at {offset:#x}"),
+        }
+    }
+
+    fn ioeventfds(&self) -> Vec<IoEventSpec> {
+        (0..self.queues.len() as u32)
+            .map(|i| IoEventSpec {
+                bar: 0,
+                offset: NOTIFY_OFFSET + u64::from(i * NOTIFY_OFF_MULTIPLIER),
+                size: 2,
+                datamatch: None,
+                token: i,
+            })
+            .collect()
+    }
+
+    fn reset(&mut self) {
+        self.reset_device();
+        self.interrupts.msix.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        self.config.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use vm_memory::GuestAddress;
+
+    #[derive(Default)]
+    struct NullSink;
+    impl MsiSink for NullSink {
+        fn update_route(&self, _: u16, _: ironvirt_pci::MsiMessage) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn trigger(&self, _: u16) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn device() -> VirtioPciDevice {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        VirtioPciDevice::new(Box::new(Rng::new()), mem, Arc::new(NullSink)).unwrap()
+    }
+
+    #[test]
+    fn ids_and_capabilities_follow_the_modern_transport() {
+        let d = device();
+        let id = d.config().read_reg(0);
+        assert_eq!(id, 0x1044_1af4, "vendor 1af4, device 0x1040 + 4");
+        let caps = d.config().capabilities();
+        assert_eq!(caps.iter().filter(|c| c.1 == 0x09).count(), 4, "common, notify, isr, device");
+        assert!(caps.iter().any(|c| c.1 == 0x11), "MSI-X");
+    }
+
+    #[test]
+    fn features_must_include_version_1_and_be_offered() {
+        let mut d = device();
+        d.write_bar(0, 0x04 + 4, &1u32.to_le_bytes()); // driver_feature_select = 1
+        d.write_bar(0, 0x0c, &0u32.to_le_bytes()); // no VERSION_1
+        d.write_bar(0, 0x14, &[STATUS_FEATURES_OK]);
+        let mut s = [0u8];
+        d.read_bar(0, 0x14, &mut s);
+        assert_eq!(s[0] & STATUS_FEATURES_OK, 0, "FEATURES_OK refused without VERSION_1");
+        d.write_bar(0, 0x14, &[0]);
+        d.write_bar(0, 0x08, &1u32.to_le_bytes());
+        d.write_bar(0, 0x0c, &1u32.to_le_bytes()); // VERSION_1 (bit 32)
+        d.write_bar(0, 0x14, &[STATUS_FEATURES_OK]);
+        d.read_bar(0, 0x14, &mut s);
+        assert_ne!(s[0] & STATUS_FEATURES_OK, 0);
+        let mut n = [0u8; 2];
+        d.read_bar(0, 0x12, &mut n);
+        assert_eq!(u16::from_le_bytes(n), 1, "one queue");
+    }
+
+    #[test]
+    fn driver_ok_with_a_queue_outside_memory_asks_for_a_reset_instead_of_failing() {
+        let mut d = device();
+        d.write_bar(0, 0x08, &1u32.to_le_bytes());
+        d.write_bar(0, 0x0c, &1u32.to_le_bytes());
+        d.write_bar(0, 0x14, &[STATUS_FEATURES_OK]);
+        d.write_bar(0, 0x20, &0xffff_0000u32.to_le_bytes()); // descriptors beyond RAM
+        d.write_bar(0, 0x1c, &1u16.to_le_bytes());
+        d.write_bar(0, 0x14, &[STATUS_FEATURES_OK | STATUS_DRIVER_OK]);
+        let mut s = [0u8];
+        d.read_bar(0, 0x14, &mut s);
+        assert_ne!(s[0] & STATUS_NEEDS_RESET, 0);
+        d.write_bar(0, 0x14, &[0]);
+        d.read_bar(0, 0x14, &mut s);
+        assert_eq!(s[0], 0, "reset clears the status");
+    }
+
+    #[test]
+    fn hostile_bar_accesses_never_panic() {
+        let mut d = device();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let off = x % (BAR_SIZE + 64);
+            let len = [0usize, 1, 2, 3, 4, 8, 16][(x >> 40) as usize % 7];
+            let bar = ((x >> 50) % 3) as u8;
+            let mut buf = vec![0u8; len];
+            if x & 1 == 0 {
+                d.read_bar(bar, off, &mut buf);
+            } else {
+                buf.iter_mut().enumerate().for_each(|(i, b)| *b = (x >> ((i % 8) * 8)) as u8);
+                d.write_bar(bar, off, &buf);
+            }
+        }
+        d.reset();
+    }
+}
