@@ -10,8 +10,12 @@
 //! device. No Rust references into guest memory are held.
 #![forbid(unsafe_code)]
 
+pub mod balloon;
+pub mod block;
+pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod vsock;
 mod worker;
 
 use std::io;

@@ -1,0 +1,1 @@
+//! virtio-balloon (being written).
