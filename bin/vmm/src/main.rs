@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ironvirt_arch::{BootProtocol, CpuTemplate};
-use ironvirt_vmm::{parse_size, ExitReason, SerialConfig, VmConfig};
+use ironvirt_vmm::{
+    parse_size, DiskConfig, ExitReason, NetConfig, SerialConfig, VmConfig, VsockConfig,
+};
 
 /// Exit code for a bad command line (clap's convention).
 const EXIT_USAGE: u8 = 2;
@@ -53,6 +55,20 @@ struct Cli {
     /// Attach a virtio-rng entropy device (virtio-pci).
     #[arg(long)]
     rng: bool,
+    /// A virtio-blk disk: path=P[,format=raw|qcow2][,readonly=on][,direct=on][,serial=S][,backing=on]
+    /// (the format is never probed; a qcow2 backing file is opened only with backing=on).
+    #[arg(long, value_name = "OPTIONS")]
+    disk: Vec<DiskConfig>,
+    /// A virtio-net NIC on a TAP device: tap=NAME[,mac=52:54:00:12:34:56].
+    #[arg(long, value_name = "OPTIONS")]
+    net: Vec<NetConfig>,
+    /// virtio-vsock: cid=N,socket=PATH (host connects to PATH and writes "CONNECT <port>\n";
+    /// guest connections to host port P go to PATH_P).
+    #[arg(long, value_name = "OPTIONS")]
+    vsock: Option<VsockConfig>,
+    /// Attach a virtio-balloon (target set through the control API).
+    #[arg(long)]
+    balloon: bool,
     /// Serve the per-VM control API (HTTP/JSON, docs/API.md) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -151,6 +167,10 @@ fn main() -> ExitCode {
         serial: cli.serial,
         no_reboot: cli.no_reboot,
         rng: cli.rng,
+        disks: cli.disk,
+        nets: cli.net,
+        vsock: cli.vsock,
+        balloon: cli.balloon,
         api_socket: cli.api_socket,
         exit_file: cli.exit_file,
     };

@@ -35,6 +35,20 @@ pub enum Request {
     Reset,
     /// `GET /v1/counters`.
     Counters,
+    /// `PUT /v1/vm/balloon` with body `{"target_mib": N}`: how much memory the balloon should
+    /// take from the guest.
+    SetBalloon {
+        /// Balloon size in MiB.
+        target_mib: u64,
+    },
+}
+
+/// Body of `PUT /v1/vm/balloon`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonTarget {
+    /// Balloon size in MiB.
+    pub target_mib: u64,
 }
 
 /// `GET /v1/ping` body.
@@ -105,8 +119,13 @@ impl RequestError {
     }
 }
 
-fn route(method: &str, path: &str) -> Option<Request> {
-    Some(match (method, path) {
+fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, RequestError> {
+    if (method, path) == ("PUT", "/v1/vm/balloon") {
+        let target: BalloonTarget = serde_json::from_slice(body)
+            .map_err(|e| RequestError::Malformed(format!("balloon body: {e}")))?;
+        return Ok(Request::SetBalloon { target_mib: target.target_mib });
+    }
+    Ok(match (method, path) {
         ("GET", "/v1/ping") => Request::Ping,
         ("GET", "/v1/vm") => Request::Status,
         ("PUT", "/v1/vm/pause") => Request::Pause,
@@ -114,7 +133,9 @@ fn route(method: &str, path: &str) -> Option<Request> {
         ("PUT", "/v1/vm/power-button") => Request::PowerButton,
         ("PUT", "/v1/vm/reset") => Request::Reset,
         ("GET", "/v1/counters") => Request::Counters,
-        _ => return None,
+        _ => {
+            return Err(RequestError::NotFound { method: method.into(), path: path.into() });
+        }
     })
 }
 
@@ -155,16 +176,16 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, RequestError> {
     if body_len > MAX_BODY {
         return Err(RequestError::Malformed(format!("body of {body_len} bytes is too large")));
     }
-    // Drain the body so the peer sees an orderly close.
-    let mut remaining = body_len.saturating_sub(buf.len() - head_len);
-    while remaining > 0 {
-        let n = stream.read(&mut chunk[..remaining.min(1024)])?;
+    let mut body = buf.split_off(head_len.min(buf.len()));
+    while body.len() < body_len {
+        let n = stream.read(&mut chunk[..(body_len - body.len()).min(1024)])?;
         if n == 0 {
-            break;
+            return Err(RequestError::Malformed("connection closed inside the body".into()));
         }
-        remaining -= n;
+        body.extend_from_slice(&chunk[..n]);
     }
-    route(&method, &path).ok_or(RequestError::NotFound { method, path })
+    body.truncate(body_len);
+    route(&method, &path, &body)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -229,10 +250,24 @@ impl Client {
 
     /// Sends `method path` and returns the body of a 2xx answer.
     pub fn call(&self, method: &str, path: &str) -> Result<String, ClientError> {
+        self.call_with_body(method, path, "")
+    }
+
+    /// Like [`Client::call`] with a JSON request body.
+    pub fn call_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<String, ClientError> {
         let mut stream = UnixStream::connect(&self.path)?;
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
-        write!(stream, "{method} {path} HTTP/1.1\r\nHost: vmm\r\nContent-Length: 0\r\n\r\n")?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: vmm\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw)?;
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -271,6 +306,16 @@ mod tests {
             Request::PowerButton
         );
         assert_eq!(parse(b"GET /v1/counters?x=1 HTTP/1.0\r\n\r\n").unwrap(), Request::Counters);
+    }
+
+    #[test]
+    fn balloon_target_comes_from_the_body() {
+        let req = b"PUT /v1/vm/balloon HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"target_mib\":256}";
+        assert_eq!(parse(req).unwrap(), Request::SetBalloon { target_mib: 256 });
+        let bad = b"PUT /v1/vm/balloon HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse(bad).unwrap_err().response().status, 400);
+        let short = b"PUT /v1/vm/balloon HTTP/1.1\r\nContent-Length: 50\r\n\r\n{}";
+        assert_eq!(parse(short).unwrap_err().response().status, 400);
     }
 
     #[test]

@@ -184,6 +184,10 @@ impl Supervisor<'_> {
             }
             Request::Reset => return ApiOutcome::Reset,
             Request::Counters => Response::json(&self.counters(machine)),
+            Request::SetBalloon { target_mib } => match machine.set_balloon(target_mib) {
+                Ok(()) => Response::no_content(),
+                Err(msg) => return conflict(&msg),
+            },
         })
     }
 

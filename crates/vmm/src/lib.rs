@@ -18,7 +18,9 @@ mod machine;
 mod pci;
 mod vcpu;
 
-pub use config::{parse_size, SerialConfig, VmConfig};
+pub use config::{
+    parse_size, DiskConfig, DiskFormat, NetConfig, SerialConfig, VmConfig, VsockConfig,
+};
 pub use control::run;
 pub use exit::{error_chain, ExitReason, VmmError};
 

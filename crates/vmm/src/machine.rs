@@ -235,6 +235,12 @@ impl Machine {
         self.acpi_pm.lock().unwrap_or_else(|p| p.into_inner()).press_power_button();
     }
 
+    /// Asks the balloon to take `target_mib` MiB from the guest.
+    pub(crate) fn set_balloon(&self, target_mib: u64) -> Result<(), String> {
+        let _ = target_mib;
+        Err("The VM has no balloon device (start it with --balloon)".into())
+    }
+
     /// Per-vCPU counters: (exits, thread CPU time in ns).
     pub(crate) fn vcpu_counters(&self) -> Vec<(u64, u64)> {
         self.shared
