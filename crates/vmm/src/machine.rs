@@ -81,7 +81,7 @@ pub(crate) fn boot(
         let registering = scope.spawn(|| vm.register_memory(&memory));
         let setup = (|| {
             vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
-            let devices = virtio_devices(cfg);
+            let devices = virtio_devices(cfg)?;
             let mut acpi = AcpiConfig { num_cpus: cfg.cpus, ..Default::default() };
             if !devices.is_empty() {
                 let window = ironvirt_pci::PciWindows::DEFAULT_MMIO32;
@@ -138,12 +138,25 @@ pub(crate) fn boot(
 }
 
 /// The virtio devices `cfg` asks for, in PCI slot order.
-fn virtio_devices(cfg: &VmConfig) -> Vec<Box<dyn VirtioDevice>> {
+fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let missing = |what: &str| Err(VmmError::Pci(format!("{what} is not available in this build")));
+    if !cfg.disks.is_empty() {
+        return missing("virtio-blk");
+    }
+    if !cfg.nets.is_empty() {
+        return missing("virtio-net");
+    }
+    if cfg.vsock.is_some() {
+        return missing("virtio-vsock");
+    }
+    if cfg.balloon {
+        return missing("virtio-balloon");
+    }
     if cfg.rng {
         devices.push(Box::new(ironvirt_virtio::rng::Rng::new()));
     }
-    devices
+    Ok(devices)
 }
 
 /// Creates the vCPUs with their CPUID, MSRs, FPU and LAPIC state; vCPU 0 at the kernel entry.
