@@ -8,7 +8,13 @@
  * 32 <= i < 512 is (i + N) & 0xff.
  *
  * Command line: write_sector=N[,N...] (up to 8, default 1), irq=msix|poll, event_idx=off,
- * queue_size=N, pci=cf8, pci_ecam=0xADDR, pci_mmio=0xADDR, virtio_timeout=S. */
+ * queue_size=N, pci=cf8, pci_ecam=0xADDR, pci_mmio=0xADDR, virtio_timeout=S.
+ *
+ * Benchmark mode (bench/blk): bench=seqread|seqwrite|randread runs instead of the checks above:
+ * bench_mib=N MiB (default 64) in req_kib=K KiB requests (default 64, at most 128) from
+ * sector 0, or bench_ops=N (default 2000) random 4 KiB reads, one request in flight. It prints
+ * `bench-start: MODE` and `bench-end: MODE ops=N bytes=B errors=E`; the host times the two
+ * lines (the guest has no calibrated clock of its own on every VMM). */
 #include "virtio.h"
 
 /* Request types and status values (5.2.6). */
@@ -38,6 +44,8 @@ static u8 expect[SECTOR];
 static volatile u8 status;
 
 static struct virtio_dev vd;
+#define BENCH_MAX_REQ (128 * 1024)
+static u8 bench_buf[BENCH_MAX_REQ] __attribute__((aligned(4096)));
 
 /* One request: header, optional data (device-writable for reads), status. Returns the status
  * byte, or -1 when the device did not complete it. */
@@ -102,6 +110,43 @@ static u32 parse_sectors(u64 *out)
     return n;
 }
 
+static void bench(u64 capacity)
+{
+    int seq_read = cmdline_is("bench", "seqread"), seq_write = cmdline_is("bench", "seqwrite");
+    int rand_read = cmdline_is("bench", "randread");
+    const char *mode = seq_read ? "seqread" : seq_write ? "seqwrite" : "randread";
+    if (!seq_read && !seq_write && !rand_read)
+        guest_panic("bench= must be seqread, seqwrite or randread");
+    u64 req = rand_read ? 4096 : cmdline_u64("req_kib", 64) * 1024;
+    if (req == 0 || req > BENCH_MAX_REQ)
+        req = BENCH_MAX_REQ;
+    u64 ops = rand_read ? cmdline_u64("bench_ops", 2000) : (cmdline_u64("bench_mib", 64) << 20) / req;
+    u64 span = capacity > req / SECTOR ? capacity - req / SECTOR : 0;
+    for (u64 i = 0; i < req; i++)
+        bench_buf[i] = (u8)i;
+    u64 x = 0x2545f4914f6cdd1dull, errors = 0, bytes = 0, sector = 0;
+    kprintf("bench-start: %s\n", mode);
+    for (u64 i = 0; i < ops; i++) {
+        if (rand_read) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            sector = span ? (x % span) & ~7ull : 0;
+        } else if (sector + req / SECTOR > capacity) {
+            sector = 0;
+        }
+        int s = blk_request(seq_write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, sector, bench_buf, (u32)req,
+                            !seq_write);
+        if (s != VIRTIO_BLK_S_OK)
+            errors++;
+        else
+            bytes += req;
+        if (!rand_read)
+            sector += req / SECTOR;
+    }
+    kprintf("bench-end: %s ops=%lu bytes=%lu errors=%lu\n", mode, ops, bytes, errors);
+}
+
 void kmain(const struct bootinfo *bi)
 {
     (void)bi;
@@ -114,6 +159,11 @@ void kmain(const struct bootinfo *bi)
     u64 capacity = virtio_cfg_read64(&vd, VIRTIO_BLK_CFG_CAPACITY);
     kprintf("blk-capacity: %lu\n", capacity);
     kprintf("blk-readonly: %u\n", virtio_has(&vd, VIRTIO_BLK_F_RO));
+    if (cmdline_value("bench", NULL)) {
+        bench(capacity);
+        virtio_reset(&vd);
+        kit_done("vblk");
+    }
 
     /* GET_ID (5.2.6): up to 20 bytes of serial, NUL-terminated only when shorter. */
     char id[21];
