@@ -105,3 +105,21 @@ fn linux_reboot_brings_the_guest_up_again_in_the_same_process() {
     assert_eq!(out.stdout.matches("IRONVIRT-LINUX init").count(), 2, "{out}");
     assert_eq!(out.code, Some(128 + 15), "SIGTERM ends the VMM with 143: {out}");
 }
+
+#[test]
+fn linux_virtio_rng_driver_reads_bytes_from_dev_hwrng() {
+    require_kvm();
+    let script = "echo \"IRONVIRT-TEST hwrng=$(head -c 16 /dev/hwrng | od -An -tx1)\"\n";
+    let initramfs = initramfs_with(script, "hwrng");
+    let mut a = args(&initramfs, "1");
+    a.push("--rng".into());
+    let out = VmmRun::run(Path::new(VMM), &strs(&a), BOOT_TIMEOUT);
+    let _ = std::fs::remove_file(&initramfs);
+    assert!(!out.timed_out, "{out}");
+    let line = out.stdout.lines().find(|l| l.starts_with("IRONVIRT-TEST hwrng=")).unwrap_or("");
+    let bytes: Vec<&str> =
+        line.trim_start_matches("IRONVIRT-TEST hwrng=").split_whitespace().collect();
+    assert_eq!(bytes.len(), 16, "16 bytes from /dev/hwrng: {out}");
+    assert!(bytes.iter().any(|b| *b != "00"), "random, not zeros: {out}");
+    assert_eq!(out.code, Some(0), "{out}");
+}
