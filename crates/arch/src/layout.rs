@@ -34,6 +34,11 @@ pub const ACPI_START: u64 = 0xe0000;
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 /// Where RAM below 4 GiB stops; `[3 GiB, 4 GiB)` is the MMIO hole.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// PCI ECAM (bus 0 only, 1 MiB), described by the MCFG table; reserved in the e820 map so
+/// Linux trusts the MCFG.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM window.
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// Where RAM resumes above the hole.
 pub const RAM_ABOVE_4G: u64 = 0x1_0000_0000;
 /// KVM's identity-map page (one page) on Intel hosts.

@@ -98,6 +98,7 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             kind: E820Type::Ram,
         });
     }
+    map.push(E820Entry { addr: PCI_ECAM_START, size: PCI_ECAM_SIZE, kind: E820Type::Reserved });
     if size > low_end {
         map.push(E820Entry { addr: RAM_ABOVE_4G, size: size - low_end, kind: E820Type::Ram });
     }

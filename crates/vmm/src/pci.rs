@@ -18,9 +18,9 @@ use vmm_sys_util::eventfd::EFD_NONBLOCK;
 use crate::VmmError;
 
 /// ECAM window for bus 0 (docs/PLATFORM.md): 1 MiB at 3.5 GiB.
-pub(crate) const ECAM_BASE: u64 = 0xe000_0000;
+pub(crate) const ECAM_BASE: u64 = ironvirt_arch::layout::PCI_ECAM_START;
 const ECAM_BUSES: u16 = 1;
-const ECAM_SIZE: u64 = 1 << 20;
+const ECAM_SIZE: u64 = ironvirt_arch::layout::PCI_ECAM_SIZE;
 
 fn pci_err(cause: ironvirt_pci::PciError) -> VmmError {
     VmmError::Pci(cause.to_string())
