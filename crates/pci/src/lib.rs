@@ -23,6 +23,8 @@ mod access;
 mod bars;
 mod config;
 mod device;
+#[doc(hidden)]
+pub mod fuzz;
 mod msix;
 mod root;
 #[cfg(test)]
