@@ -2,7 +2,7 @@
 # Installs the Debian packages ironvirt's build, tests and benchmarks need, if missing.
 # The Rust toolchain (cargo, rustfmt, clippy) must already be installed (rustup).
 set -euo pipefail
-need=(build-essential python3 cpio busybox-static e2fsprogs curl util-linux time qemu-system-x86 acpica-tools)
+need=(build-essential python3 cpio busybox-static e2fsprogs curl util-linux time qemu-system-x86 qemu-utils acpica-tools strace iproute2 iputils-ping)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

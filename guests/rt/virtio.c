@@ -71,6 +71,7 @@ static struct vq_mem qmem[VIRTIO_MAX_QUEUES] __attribute__((aligned(4096)));
 static struct virtio_dev *irq_dev;
 static volatile u32 watchdog_ticks;
 static u32 timeout_s;
+int virtio_quiet; /* 1: virtio_init/virtq_wait print nothing (hostile tests re-initialise often) */
 
 /* Full barrier: a locked read-modify-write (KVM's emulator has it; mfence not needed). */
 static inline void mb(void) { __asm__ volatile("lock addl $0, (%%rsp)" ::: "memory", "cc"); }
@@ -260,7 +261,8 @@ static int setup_queue(struct virtio_dev *vd, u16 qi, u16 max_size)
     /* 4.1.4.4: queue_notify_off * notify_off_multiplier past the notification window. */
     q->notify_addr = vd->notify + (u64)c_r16(vd, COMMON_Q_NOFF) * vd->notify_mult;
     c_w16(vd, COMMON_Q_ENABLE, 1);
-    kprintf("virtio-queue: %u size %u max %u msix %s\n", qi, size, dev_size,
+    if (!virtio_quiet)
+        kprintf("virtio-queue: %u size %u max %u msix %s\n", qi, size, dev_size,
             q->msix_vector == VIRTIO_NO_VECTOR ? "none" : (q->msix_vector == 1 + qi ? "own" : "shared"));
     return 0;
 }
@@ -276,7 +278,8 @@ static u64 read_features(struct virtio_dev *vd)
 
 int virtio_init(struct virtio_dev *vd, u64 wanted, u16 nqueues)
 {
-    timeout_s = (u32)cmdline_u64("virtio_timeout", 10);
+    if (!timeout_s)
+        timeout_s = (u32)cmdline_u64("virtio_timeout", 10);
     if (nqueues > VIRTIO_MAX_QUEUES)
         nqueues = VIRTIO_MAX_QUEUES;
     /* 3.1.1: reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, re-read, queues, DRIVER_OK. */
@@ -288,7 +291,8 @@ int virtio_init(struct virtio_dev *vd, u64 wanted, u16 nqueues)
     if (!cmdline_is("event_idx", "off"))
         want |= 1ull << VIRTIO_F_EVENT_IDX;
     vd->features = vd->device_features & want;
-    kprintf("virtio-features: device 0x%lx driver 0x%lx\n", vd->device_features, vd->features);
+    if (!virtio_quiet)
+        kprintf("virtio-features: device 0x%lx driver 0x%lx\n", vd->device_features, vd->features);
     if (!virtio_has(vd, VIRTIO_F_VERSION_1)) {
         kprintf("virtio: device does not offer VIRTIO_F_VERSION_1\n");
         status_or(vd, VIRTIO_STATUS_FAILED);
@@ -328,7 +332,8 @@ int virtio_init(struct virtio_dev *vd, u64 wanted, u16 nqueues)
         if (c_r16(vd, COMMON_MSIX) == VIRTIO_NO_VECTOR)
             kprintf("virtio: config vector not accepted\n");
     }
-    kprintf("virtio-irq: %s\n", vd->msix ? "msix" : "poll");
+    if (!virtio_quiet)
+        kprintf("virtio-irq: %s\n", vd->msix ? "msix" : "poll");
     u16 max = (u16)cmdline_u64("queue_size", VIRTQ_MAX_SIZE);
     if (max == 0 || max > VIRTQ_MAX_SIZE)
         max = VIRTQ_MAX_SIZE;
@@ -506,7 +511,8 @@ int virtq_wait(struct virtq *q, u32 *id, u32 *len)
             (void)mmio_read8(vd->isr); /* 4.1.4.5: reading clears it and deasserts INTx */
     }
     if (!done) {
-        kprintf("virtio: queue %u timed out after %u s (used idx %u, expected > %u)\n", q->index,
+        if (!virtio_quiet)
+            kprintf("virtio: queue %u timed out after %u s (used idx %u, expected > %u)\n", q->index,
                 timeout_s, q->used->idx, q->last_used);
         return -1;
     }
@@ -541,4 +547,54 @@ void virtio_report_irqs(struct virtio_dev *vd)
     kprintf("virtio-interrupts: %u\n", n);
     if (irq_missing)
         kprintf("virtio-irq-missing: %u\n", irq_missing);
+}
+
+/* ---- helpers for guests with several queues and chains in flight (vnet, vsock, balloon) ---- */
+void virtio_set_timeout(u32 seconds) { timeout_s = seconds ? seconds : 1; }
+
+int virtq_poll_used(struct virtq *q, u32 *id, u32 *len)
+{
+    if (q->used->idx == q->last_used)
+        return 0;
+    barrier(); /* x86 loads are ordered: the element is read after the index */
+    volatile struct virtq_used_elem *e = &q->used->ring[q->last_used & (q->size - 1)];
+    *id = e->id;
+    *len = e->len;
+    q->last_used++;
+    return 1;
+}
+
+void virtio_wait_event(struct virtio_dev *vd)
+{
+    if (vd->msix) {
+        /* Any interrupt ends the hlt: a queue or config vector, or the ~1 s watchdog tick. */
+        __asm__ volatile("sti; hlt; cli" ::: "memory");
+    } else {
+        for (int i = 0; i < 64; i++)
+            cpu_relax();
+    }
+}
+
+u8 virtio_status(struct virtio_dev *vd) { return c_r8(vd, COMMON_STATUS); }
+
+void virtio_cfg_write32(struct virtio_dev *vd, u32 off, u32 v)
+{
+    if (off + 4 <= vd->device_cfg_len)
+        mmio_write32(vd->device_cfg + off, v);
+}
+
+/* Counts changes of the RTC seconds register (MC146818 register 0): a wall-clock second
+ * counter good to +-1 s that costs two port exits per call. */
+static u8 clock_last = 0xff;
+static u32 clock_secs;
+u32 rtc_seconds_elapsed(void)
+{
+    u8 s = cmos_read(0);
+    if (clock_last == 0xff)
+        clock_last = s;
+    else if (s != clock_last) {
+        clock_last = s;
+        clock_secs++;
+    }
+    return clock_secs;
 }

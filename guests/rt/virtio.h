@@ -19,7 +19,10 @@
 #define VIRTIO_VENDOR 0x1af4
 /* PCI device ids (4.1.2): modern 0x1040 + device id; transitional ids 0x1000..0x103f. */
 #define VIRTIO_ID_BLOCK 2
+#define VIRTIO_ID_NET 1
 #define VIRTIO_ID_RNG 4
+#define VIRTIO_ID_BALLOON 5
+#define VIRTIO_ID_VSOCK 19
 
 /* Device status (2.1). */
 #define VIRTIO_STATUS_ACKNOWLEDGE 1
@@ -144,5 +147,20 @@ i64 virtq_transfer(struct virtq *q, const struct virtq_buf *bufs, u16 n);
 /* Prints `virtio-interrupts: N` (queue + config MSI-X interrupts taken) when irq=msix and
  * `virtio-irq-missing: N` for completions seen without their interrupt. */
 void virtio_report_irqs(struct virtio_dev *vd);
+
+
+/* ---- several queues, several chains in flight ---- */
+extern int virtio_quiet;                 /* suppresses virtio_init's and virtq_wait's lines */
+void virtio_set_timeout(u32 seconds);     /* overrides virtio_timeout= for later waits */
+/* Takes the next used element if there is one (1, *id and *len set), else 0; never waits. */
+int virtq_poll_used(struct virtq *q, u32 *id, u32 *len);
+/* Waits a little for anything: `sti; hlt` until the next interrupt (irq=msix: a queue or
+ * config vector or the ~1 s watchdog), or a short spin with irq=poll. */
+void virtio_wait_event(struct virtio_dev *vd);
+u8 virtio_status(struct virtio_dev *vd);  /* device_status (4.1.4.3) */
+void virtio_cfg_write32(struct virtio_dev *vd, u32 off, u32 v);
+/* Seconds since the first call, counted from RTC seconds-register changes (call at least
+ * every half second for it to stay exact; each call is two port exits). */
+u32 rtc_seconds_elapsed(void);
 
 #endif

@@ -262,3 +262,20 @@ fn no_pci_devices_means_no_rng_for_the_guest() {
     let out = boot("vrng.elf", &[]);
     assert!(out.stdout.contains("virtio: no device 1af4:1044"), "{out}");
 }
+
+#[test]
+fn hostile_virtio_driver_cannot_break_the_vmm_and_the_device_recovers_after_reset() {
+    let out = boot("vhostile.elf", &["--rng", "--cmdline", "dev=rng"]);
+    assert_completed(&out, "vhostile");
+    let cases = out.values("hostile-case");
+    assert!(cases.len() >= 10, "{out}");
+    assert!(
+        cases.iter().any(|c| c.starts_with("avail-ahead") && c.contains("device-needs-reset")),
+        "an avail index running ahead marks the device broken: {out}"
+    );
+    for c in cases.iter().filter(|c| c.starts_with("addr-") || c.starts_with("len-")) {
+        assert!(c.ends_with("len 0"), "bad buffers complete with 0 bytes: {c}\n{out}");
+    }
+    assert_eq!(out.value("hostile-virtio"), "device-ok", "{out}");
+    assert!(out.stderr.lines().count() < 40, "guest mistakes are logged rate-limited: {out}");
+}

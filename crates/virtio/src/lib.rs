@@ -57,6 +57,9 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notify_queue(&self, queue: u16) -> io::Result<()>;
     /// Signals a configuration change.
     fn notify_config(&self) -> io::Result<()>;
+    /// The driver broke the device (an impossible queue state): the transport sets
+    /// DEVICE_NEEDS_RESET (virtio 1.2 §2.1.2) and tells the driver. Default: nothing.
+    fn device_broken(&self) {}
 }
 
 /// What a transport hands a device when the driver sets DRIVER_OK.

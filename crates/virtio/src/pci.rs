@@ -59,6 +59,8 @@ struct Interrupts {
     queue_vectors: Mutex<Vec<u16>>,
     config_vector: Mutex<u16>,
     isr: AtomicU8,
+    /// Set by the device when the driver broke it; reported as DEVICE_NEEDS_RESET.
+    needs_reset: std::sync::atomic::AtomicBool,
 }
 
 impl Interrupts {
@@ -86,6 +88,12 @@ impl VirtioInterrupt for Interrupts {
     fn notify_config(&self) -> std::io::Result<()> {
         let vector = *self.config_vector.lock().unwrap_or_else(|p| p.into_inner());
         self.send(vector, 2)
+    }
+
+    fn device_broken(&self) {
+        if !self.needs_reset.swap(true, Ordering::AcqRel) {
+            let _ = self.notify_config();
+        }
     }
 }
 
@@ -193,6 +201,7 @@ impl VirtioPciDevice {
             queue_vectors: Mutex::new(vec![NO_VECTOR; num_queues]),
             config_vector: Mutex::new(NO_VECTOR),
             isr: AtomicU8::new(0),
+            needs_reset: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Self {
             config,
@@ -238,6 +247,7 @@ impl VirtioPciDevice {
             vec![NO_VECTOR; self.queues.len()];
         *self.interrupts.config_vector.lock().unwrap_or_else(|p| p.into_inner()) = NO_VECTOR;
         self.interrupts.isr.store(0, Ordering::Release);
+        self.interrupts.needs_reset.store(false, Ordering::Release);
         self.status = 0;
         self.driver_features = 0;
         self.device_feature_select = 0;
@@ -327,7 +337,10 @@ impl VirtioPciDevice {
                 u64::from(*self.interrupts.config_vector.lock().unwrap_or_else(|p| p.into_inner()))
             }
             (0x12, 2) => self.queues.len() as u64,
-            (0x14, 1) => u64::from(self.status),
+            (0x14, 1) => {
+                let broken = self.interrupts.needs_reset.load(Ordering::Acquire);
+                u64::from(self.status | if broken { STATUS_NEEDS_RESET } else { 0 })
+            }
             (0x15, 1) => u64::from(self.config_generation),
             (0x16, 2) => u64::from(self.queue_select),
             (0x18, 2) => self.selected().map_or(0, |q| u64::from(q.queue.size())),

@@ -120,6 +120,13 @@ pub(crate) fn drain<H: QueueHandler>(
 ) {
     let mut used_any = false;
     loop {
+        if !queue_is_sane(queue, mem) {
+            ironvirt_vm_bus::guest_warn!(
+                "virtio: queue {index} is in an impossible state (avail index beyond the ring); device needs reset"
+            );
+            interrupt.device_broken();
+            return;
+        }
         if queue.disable_notification(mem).is_err() {
             break;
         }
@@ -133,5 +140,15 @@ pub(crate) fn drain<H: QueueHandler>(
         if let Err(e) = interrupt.notify_queue(index) {
             ironvirt_vm_bus::guest_warn!("virtio: cannot interrupt the driver: {e}");
         }
+    }
+}
+
+/// Whether the driver's avail index is at most one ring ahead of what we consumed (virtio 1.2
+/// §2.7.13.3); anything else cannot come from a correct driver and would make every pass find
+/// "more buffers" that are not there.
+pub(crate) fn queue_is_sane(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(avail) => (avail - std::num::Wrapping(queue.next_avail())).0 <= queue.size(),
+        Err(_) => false,
     }
 }

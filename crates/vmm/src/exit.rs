@@ -109,6 +109,14 @@ pub enum VmmError {
     /// The control API socket could not be set up.
     #[error("Cannot set up the control API socket")]
     Api(#[source] io::Error),
+    /// A device could not be created (its backend failed: image, TAP, socket).
+    #[error("Cannot set up {name}: {reason}")]
+    Device {
+        /// Device kind.
+        name: &'static str,
+        /// Why, with causes.
+        reason: String,
+    },
     /// The PCI root complex or a PCI device could not be set up.
     #[error("Cannot set up PCI: {0}")]
     Pci(String),

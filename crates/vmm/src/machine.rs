@@ -144,9 +144,6 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError
     if !cfg.disks.is_empty() {
         return missing("virtio-blk");
     }
-    if !cfg.nets.is_empty() {
-        return missing("virtio-net");
-    }
     if cfg.vsock.is_some() {
         return missing("virtio-vsock");
     }
@@ -155,6 +152,14 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError
     }
     if cfg.rng {
         devices.push(Box::new(ironvirt_virtio::rng::Rng::new()));
+    }
+    for nic in &cfg.nets {
+        let net = ironvirt_virtio::net::Net::new(&ironvirt_virtio::net::NetConfig {
+            tap: nic.tap.clone(),
+            mac: nic.mac,
+        })
+        .map_err(|e| VmmError::Device { name: "virtio-net", reason: crate::exit::error_chain(&e) })?;
+        devices.push(Box::new(net));
     }
     Ok(devices)
 }
