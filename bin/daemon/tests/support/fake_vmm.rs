@@ -167,6 +167,9 @@ impl Vmm {
                     uptime_ms: self.started.elapsed().as_millis() as u64,
                 })
             }
+            Request::SetBalloon { .. } => {
+                Response::error(409, "conflict", "The fake VMM has no balloon device")
+            }
         }
     }
 }
