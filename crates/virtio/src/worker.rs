@@ -130,9 +130,12 @@ pub(crate) fn drain<H: QueueHandler>(
         if queue.disable_notification(mem).is_err() {
             break;
         }
-        used_any |= handler.process(index, queue, mem);
+        let used = handler.process(index, queue, mem);
+        used_any |= used;
         match queue.enable_notification(mem) {
-            Ok(true) => continue, // more buffers arrived meanwhile
+            // More buffers arrived meanwhile. A pass that used nothing ends the loop: the
+            // handler found nothing it could take, and looping again would spin.
+            Ok(true) if used => continue,
             _ => break,
         }
     }

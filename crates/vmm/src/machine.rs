@@ -141,9 +141,6 @@ pub(crate) fn boot(
 fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let missing = |what: &str| Err(VmmError::Pci(format!("{what} is not available in this build")));
-    if !cfg.disks.is_empty() {
-        return missing("virtio-blk");
-    }
     if cfg.vsock.is_some() {
         return missing("virtio-vsock");
     }
@@ -153,12 +150,33 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError
     if cfg.rng {
         devices.push(Box::new(ironvirt_virtio::rng::Rng::new()));
     }
+    for disk in &cfg.disks {
+        let block = ironvirt_virtio::block::Block::new(&ironvirt_virtio::block::BlockConfig {
+            path: disk.path.clone(),
+            format: match disk.format {
+                crate::config::DiskFormat::Raw => ironvirt_virtio::block::DiskFormat::Raw,
+                crate::config::DiskFormat::Qcow2 => ironvirt_virtio::block::DiskFormat::Qcow2,
+            },
+            readonly: disk.readonly,
+            direct: disk.direct,
+            serial: disk.serial.clone(),
+            allow_backing: disk.backing,
+        })
+        .map_err(|e| VmmError::Device {
+            name: "virtio-blk",
+            reason: crate::exit::error_chain(&e),
+        })?;
+        devices.push(Box::new(block));
+    }
     for nic in &cfg.nets {
         let net = ironvirt_virtio::net::Net::new(&ironvirt_virtio::net::NetConfig {
             tap: nic.tap.clone(),
             mac: nic.mac,
         })
-        .map_err(|e| VmmError::Device { name: "virtio-net", reason: crate::exit::error_chain(&e) })?;
+        .map_err(|e| VmmError::Device {
+            name: "virtio-net",
+            reason: crate::exit::error_chain(&e),
+        })?;
         devices.push(Box::new(net));
     }
     Ok(devices)
