@@ -1,8 +1,10 @@
 //! Small safe wrappers over the syscalls the VMM needs beyond what `vmm-sys-util` offers:
 //! the controlling terminal's raw mode (restored on every exit path), process-wide signal
-//! handling through a dedicated waiting thread, and the no-op signal used to kick vCPU threads
-//! out of `KVM_RUN`. Any thread may call these; state is process-global by nature.
+//! handling through a dedicated waiting thread, the no-op signal used to kick vCPU threads out
+//! of `KVM_RUN`, and giving guest pages back to the host (balloon). Any thread may call these;
+//! state is process-global by nature.
 
+pub mod mem;
 pub mod signals;
 pub mod socket;
 pub mod terminal;

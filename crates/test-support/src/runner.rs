@@ -103,6 +103,11 @@ impl VmmRun {
         Self::spawn(vmm, args).wait(timeout)
     }
 
+    /// Process id of the VMM (or of the wrapper that runs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Serial output so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()

@@ -13,6 +13,7 @@ use ironvirt_arch::layout::{KVM_IDENTITY_MAP, KVM_TSS};
 use ironvirt_arch::{regs, BootSource};
 use ironvirt_devices::{acpi_pm, i8042, pvpanic, rtc, serial, AcpiPm, PvPanic, Rtc, Serial, I8042};
 use ironvirt_hypervisor::{CpuId, Hypervisor, Vcpu, Vm};
+use ironvirt_virtio::balloon::BalloonHandle;
 use ironvirt_virtio::VirtioDevice;
 use ironvirt_vm_bus::{Bus, GuestEventSink, SharedDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -41,6 +42,7 @@ pub(crate) struct Machine {
     shared: Arc<VcpuShared>,
     threads: Vec<JoinHandle<()>>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
+    balloon: Option<BalloonHandle>,
     /// Keeps the VM (and so its memory) alive until every vCPU thread is gone.
     _vm: Arc<Vm>,
 }
@@ -77,11 +79,12 @@ pub(crate) fn boot(
     let vm = Arc::new(hv.create_vm()?);
     // Installing the first memory slot costs milliseconds inside KVM (an SRCU grace period);
     // do the rest of the setup meanwhile. Nothing below needs the slot before KVM_RUN.
+    let mut balloon = None;
     let ((pio, mmio, acpi_pm), vcpus) = std::thread::scope(|scope| {
         let registering = scope.spawn(|| vm.register_memory(&memory));
         let setup = (|| {
             vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
-            let devices = virtio_devices(cfg)?;
+            let devices = virtio_devices(cfg, &mut balloon)?;
             let mut acpi = AcpiConfig { num_cpus: cfg.cpus, ..Default::default() };
             if !devices.is_empty() {
                 let window = ironvirt_pci::PciWindows::DEFAULT_MMIO32;
@@ -134,18 +137,25 @@ pub(crate) fn boot(
             .map_err(host("a vCPU thread"))?;
         threads.push(handle);
     }
-    Ok(Machine { shared, threads, acpi_pm, _vm: vm })
+    Ok(Machine { shared, threads, acpi_pm, balloon, _vm: vm })
 }
 
 /// The virtio devices `cfg` asks for, in PCI slot order.
-fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
+fn virtio_devices(
+    cfg: &VmConfig,
+    balloon: &mut Option<BalloonHandle>,
+) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    let missing = |what: &str| Err(VmmError::Pci(format!("{what} is not available in this build")));
-    if cfg.vsock.is_some() {
-        return missing("virtio-vsock");
-    }
-    if cfg.balloon {
-        return missing("virtio-balloon");
+    if let Some(v) = &cfg.vsock {
+        let vsock = ironvirt_virtio::vsock::Vsock::new(&ironvirt_virtio::vsock::VsockConfig {
+            cid: v.cid,
+            socket: v.socket.clone(),
+        })
+        .map_err(|e| VmmError::Device {
+            name: "virtio-vsock",
+            reason: crate::exit::error_chain(&e),
+        })?;
+        devices.push(Box::new(vsock));
     }
     if cfg.rng {
         devices.push(Box::new(ironvirt_virtio::rng::Rng::new()));
@@ -178,6 +188,11 @@ fn virtio_devices(cfg: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError
             reason: crate::exit::error_chain(&e),
         })?;
         devices.push(Box::new(net));
+    }
+    if cfg.balloon {
+        let device = ironvirt_virtio::balloon::Balloon::new();
+        *balloon = Some(device.handle());
+        devices.push(Box::new(device));
     }
     Ok(devices)
 }
@@ -273,8 +288,15 @@ impl Machine {
 
     /// Asks the balloon to take `target_mib` MiB from the guest.
     pub(crate) fn set_balloon(&self, target_mib: u64) -> Result<(), String> {
-        let _ = target_mib;
-        Err("The VM has no balloon device (start it with --balloon)".into())
+        let handle = self
+            .balloon
+            .as_ref()
+            .ok_or("The VM has no balloon device (start it with --balloon)")?;
+        let pages = target_mib
+            .checked_mul(256)
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| format!("Balloon target {target_mib} MiB is too large"))?;
+        handle.set_target_pages(pages).map_err(|e| format!("Cannot update the balloon: {e}"))
     }
 
     /// Per-vCPU counters: (exits, thread CPU time in ns).
