@@ -132,18 +132,21 @@ async fn pump(
     ring: Arc<Mutex<Ring>>,
     mut input: mpsc::Receiver<Vec<u8>>,
 ) {
-    let mut retry = Duration::from_millis(5);
+    // The VMM creates its console socket within a millisecond or two of starting; poll
+    // closely at first so the first guest output reaches the log and viewers promptly.
+    const FIRST_RETRY: Duration = Duration::from_millis(1);
+    let mut retry = FIRST_RETRY;
     loop {
         let mut stream = match UnixStream::connect(&socket).await {
             Ok(s) => s,
             Err(_) => {
                 tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_millis(500));
+                retry = (retry * 3 / 2).min(Duration::from_millis(500));
                 continue;
             }
         };
         tracing::debug!(vm, "console connected");
-        retry = Duration::from_millis(5);
+        retry = FIRST_RETRY;
         let mut buf = vec![0u8; 4096];
         loop {
             tokio::select! {
