@@ -29,6 +29,9 @@ pub struct VmPaths {
     pub log: PathBuf,
     /// Console output (`<log-dir>/<name>.console.log`).
     pub console_log: PathBuf,
+    /// Host side of the VM's virtio-vsock (`<run>/<name>.vsock`; guest connections to host
+    /// port P go to `<run>/<name>.vsock_P`).
+    pub vsock: PathBuf,
 }
 
 impl VmPaths {
@@ -42,6 +45,7 @@ impl VmPaths {
             last: run_dir.join(format!("{name}.last.json")),
             log: log_dir.join(format!("{name}.log")),
             console_log: log_dir.join(format!("{name}.console.log")),
+            vsock: run_dir.join(format!("{name}.vsock")),
         }
     }
 }
@@ -149,7 +153,7 @@ pub fn vmm_args(def: &VmDefinition, memory_bytes: u64, paths: &VmPaths) -> Vec<O
         push("--net", s.into());
     }
     if let Some(v) = &def.vsock {
-        push("--vsock", format!("cid={}", v.cid).into());
+        push("--vsock", format!("cid={},socket={}", v.cid, paths.vsock.display()).into());
     }
     args
 }
