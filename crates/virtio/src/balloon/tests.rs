@@ -147,9 +147,11 @@ fn a_large_inflate_lowers_host_rss() {
     let pfns: Vec<u32> = (0..(128 * MIB / 4096) as u32).map(|i| 0x2000 + (i ^ 1)).collect();
     run_pfns(&b, &m, INFLATE, &pfns, 256);
     let (region_after, rss_after) = (region_rss_kib(&m), statm_resident_bytes());
+    // Most of the 128 MiB: the exact figure moves with transparent huge pages and with what
+    // else the host does, so demand three quarters.
     assert!(
-        region_before - region_after >= 127 * 1024,
-        "the mapping shrank by 128 MiB: {region_before} -> {region_after} KiB"
+        region_before - region_after >= 96 * 1024,
+        "the mapping shrank by most of 128 MiB: {region_before} -> {region_after} KiB"
     );
     // Other tests run in this process too: the process-wide figure only needs to show most.
     assert!(
