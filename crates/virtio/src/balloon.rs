@@ -13,7 +13,6 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ironvirt_vm_bus::{guest_debug, guest_warn};
@@ -411,8 +410,7 @@ const STOP_TOKEN: u64 = u64::MAX;
 const STATS_REQUEST_TOKEN: u64 = u64::MAX - 1;
 
 struct BalloonWorker {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    thread: crate::worker::StoppableThread<()>,
 }
 
 impl BalloonWorker {
@@ -481,24 +479,11 @@ impl BalloonWorker {
                 }
             })
             .map_err(WorkerError::Spawn)?;
-        Ok(BalloonWorker { stop, thread: Some(thread) })
+        Ok(BalloonWorker { thread: crate::worker::StoppableThread::new(stop, thread) })
     }
 
-    fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for BalloonWorker {
-    fn drop(&mut self) {
-        self.shutdown();
+    fn stop(self) {
+        self.thread.stop();
     }
 }
 

@@ -30,10 +30,39 @@ pub enum WorkerError {
     Spawn(#[source] std::io::Error),
 }
 
+/// A device thread with the eventfd that tells it to stop; dropping it stops and joins it.
+pub(crate) struct StoppableThread<T> {
+    stop: EventFd,
+    thread: Option<JoinHandle<T>>,
+}
+
+impl<T> StoppableThread<T> {
+    /// Wraps `thread`, which must exit once `stop` is signalled.
+    pub(crate) fn new(stop: EventFd, thread: JoinHandle<T>) -> Self {
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Signals the thread, waits for it and returns what it returned (None if it panicked).
+    pub(crate) fn stop(mut self) -> Option<T> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Option<T> {
+        let thread = self.thread.take()?;
+        let _ = self.stop.write(1);
+        thread.join().ok()
+    }
+}
+
+impl<T> Drop for StoppableThread<T> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 /// A running worker; dropping it stops the thread and gives nothing back.
 pub struct Worker {
-    stop: EventFd,
-    thread: Option<JoinHandle<Vec<Queue>>>,
+    thread: StoppableThread<Vec<Queue>>,
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
@@ -87,25 +116,12 @@ impl Worker {
                 queues.into_iter().map(|(q, _)| q).collect()
             })
             .map_err(WorkerError::Spawn)?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self { thread: StoppableThread::new(stop, thread) })
     }
 
     /// Stops the thread and returns the queues (for reset or snapshot).
-    pub fn stop(mut self) -> Vec<Queue> {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> Vec<Queue> {
-        let _ = self.stop.write(1);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.shutdown();
-        }
+    pub fn stop(self) -> Vec<Queue> {
+        self.thread.stop().unwrap_or_default()
     }
 }
 

@@ -26,7 +26,6 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use virtio_queue::{Queue, QueueT};
@@ -191,8 +190,7 @@ impl VirtioDevice for Vsock {
 
 /// The device thread; stopping it closes every connection (a reset guest forgets them too).
 struct VsockWorker {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    thread: crate::worker::StoppableThread<()>,
 }
 
 impl VsockWorker {
@@ -214,24 +212,11 @@ impl VsockWorker {
             .name("virtio-vsock".into())
             .spawn(move || run(muxer, mem, queues, interrupt.as_ref(), &stop_clone))
             .map_err(WorkerError::Spawn)?;
-        Ok(VsockWorker { stop, thread: Some(thread) })
+        Ok(VsockWorker { thread: crate::worker::StoppableThread::new(stop, thread) })
     }
 
-    fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for VsockWorker {
-    fn drop(&mut self) {
-        self.shutdown();
+    fn stop(self) {
+        self.thread.stop();
     }
 }
 
