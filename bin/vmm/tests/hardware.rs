@@ -60,22 +60,7 @@ fn stock_initramfs(script: &str, tag: &str) -> PathBuf {
 }
 
 fn stock_args(initramfs: &Path, cpus: &str) -> Vec<String> {
-    let guest = linux_guest(true);
-    [
-        "--kernel",
-        guest.kernel.to_str().unwrap(),
-        "--initramfs",
-        initramfs.to_str().unwrap(),
-        "--cmdline",
-        &guest.cmdline,
-        "--cpus",
-        cpus,
-        "--memory",
-        "512M",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    linux_guest(true).vmm_args(initramfs, cpus, "512M")
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

@@ -17,22 +17,9 @@ fn initramfs_with(script: &str, tag: &str) -> PathBuf {
 }
 
 fn args(initramfs: &Path, cpus: &str) -> Vec<String> {
-    let guest = linux_guest(false);
-    let args = [
-        "--kernel",
-        guest.kernel.to_str().unwrap(),
-        "--initramfs",
-        initramfs.to_str().unwrap(),
-        "--cmdline",
-        &guest.cmdline,
-        "--cpus",
-        cpus,
-        "--memory",
-        "256M",
-        "--cpu-template",
-        "portable",
-    ];
-    args.iter().map(|s| s.to_string()).collect()
+    let mut args = linux_guest(false).vmm_args(initramfs, cpus, "256M");
+    args.extend(["--cpu-template".to_string(), "portable".to_string()]);
+    args
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

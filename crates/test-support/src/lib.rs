@@ -78,6 +78,21 @@ impl LinuxGuest {
     }
 }
 
+impl LinuxGuest {
+    /// `ironvirt-vmm` arguments booting this guest with `initramfs` (usually from
+    /// [`LinuxGuest::initramfs_with_script`]), its recommended command line, `cpus` vCPUs and
+    /// `memory`.
+    pub fn vmm_args(&self, initramfs: &Path, cpus: &str, memory: &str) -> Vec<String> {
+        let kernel = self.kernel.to_str().expect("UTF-8 cache path");
+        let initramfs = initramfs.to_str().expect("UTF-8 temp path");
+        ["--kernel", kernel, "--initramfs", initramfs, "--cmdline", &self.cmdline]
+            .into_iter()
+            .chain(["--cpus", cpus, "--memory", memory])
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// Builds (or finds in the cache) the Linux test guest, or the stock-kernel guest with
 /// `stock`. The first build takes ~15 minutes; later calls return at once.
 pub fn linux_guest(stock: bool) -> LinuxGuest {
