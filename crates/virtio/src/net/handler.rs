@@ -271,6 +271,9 @@ impl<B: FrameIo> NetHandler<B> {
         // At most queue.size() (<= 32768) chains: fits num_buffers.
         let num_buffers = chains.len() as u16;
         self.rx_buf[NUM_BUFFERS_OFFSET..HDR_LEN].copy_from_slice(&num_buffers.to_le_bytes());
+        // Counted before the used ring moves, so whoever sees the frame also sees it counted.
+        bump(&self.counters.rx_frames, 1);
+        bump(&self.counters.rx_bytes, (len - HDR_LEN) as u64);
         let mut offset = 0usize;
         for (head, mut writer) in chains {
             let n = (len - offset).min(writer.available_bytes());
@@ -283,8 +286,6 @@ impl<B: FrameIo> NetHandler<B> {
             add_used(queue, mem, head, written as u32);
         }
         *used = true;
-        bump(&self.counters.rx_frames, 1);
-        bump(&self.counters.rx_bytes, (len - HDR_LEN) as u64);
         Delivery::Done
     }
 }
