@@ -9,7 +9,9 @@
  * vector (CPU vector 0x40), entry 1 + q the vector of queue q (0x41 + q); messages go to the
  * boot CPU's APIC id, fixed delivery, edge. The wait is `sti; hlt` with a periodic local APIC
  * timer (vector 0xec, about one second, uncalibrated: KVM's 1 GHz APIC bus / 16) as a watchdog
- * that bounds it. irq=poll: the driver spins on used->idx and sets VIRTQ_AVAIL_F_NO_INTERRUPT.
+ * that bounds it. irq=intx: MSI-X stays off; the device's INTA# (GSI from the interrupt line
+ * register) goes through the I/O APIC, level-triggered, to vector 0x50, whose handler reads
+ * the ISR. irq=poll: the driver spins on used->idx and sets VIRTQ_AVAIL_F_NO_INTERRUPT.
  */
 #include "virtio.h"
 
@@ -52,6 +54,7 @@
 #define VEC_CONFIG 0x40
 #define VEC_QUEUE0 0x41
 #define VEC_WATCHDOG 0xec
+#define VEC_INTX 0x50
 /* Local APIC timer (Intel SDM vol. 3A 11.5.4, table 11-1). */
 #define LAPIC_LVT_TIMER 0x320
 #define LAPIC_TIMER_ICR 0x380
@@ -180,6 +183,41 @@ static void on_queue(u32 vector)
     lapic_eoi();
 }
 
+/* INTx (4.1.4.5): the ISR says what happened; reading it clears it and deasserts the line,
+ * so the level-triggered I/O APIC input is low again before the EOI. An interrupt with an
+ * empty ISR would mean the line stayed asserted after the last read. */
+static volatile u32 intx_empty;
+static void on_intx(u32 vector)
+{
+    (void)vector;
+    if (irq_dev && irq_dev->isr) {
+        u8 isr = mmio_read8(irq_dev->isr);
+        if (isr & 1)
+            for (u16 q = 0; q < irq_dev->nqueues; q++)
+                irq_dev->vq[q].interrupts++;
+        if (isr & 2)
+            irq_dev->config_interrupts++;
+        if (!isr)
+            intx_empty++;
+    }
+    lapic_eoi();
+}
+
+/* INTx through the I/O APIC: the GSI is what firmware left in the interrupt line register
+ * (the VMM's _PRT routing; the kit does not run AML), level-triggered, active high (KVM
+ * models the line as asserted/deasserted). MSI-X stays disabled. */
+static int intx_setup(struct virtio_dev *vd)
+{
+    struct pci_dev *d = vd->pci;
+    u8 pin = pci_read8(d, PCI_INTERRUPT_PIN), line = pci_read8(d, PCI_INTERRUPT_LINE);
+    kprintf("virtio-intx: pin %u gsi %u\n", pin, line);
+    if (!pin || !vd->isr || line == 0xff)
+        return -1;
+    irq_set_handler(VEC_INTX, on_intx);
+    pci_write16(d, PCI_COMMAND, pci_read16(d, PCI_COMMAND) & ~PCI_COMMAND_INTX_DISABLE);
+    return ioapic_route(line, VEC_INTX, IRQ_LEVEL, (u8)cpu_apic_id());
+}
+
 static void on_watchdog(u32 vector)
 {
     (void)vector;
@@ -248,7 +286,7 @@ static int setup_queue(struct virtio_dev *vd, u16 qi, u16 max_size)
     q->used = (volatile struct virtq_used *)qmem[qi].used;
     c_w16(vd, COMMON_Q_SIZE, size);
     q->msix_vector = VIRTIO_NO_VECTOR;
-    if (vd->msix) {
+    if (vd->irqs && !vd->intx) {
         u16 e = (u16)(1 + qi < vd->msix_entries ? 1 + qi : vd->msix_entries - 1);
         c_w16(vd, COMMON_Q_MSIX, e);
         q->msix_vector = c_r16(vd, COMMON_Q_MSIX); /* 4.1.5.1.2: read back, NO_VECTOR = fail */
@@ -313,27 +351,35 @@ int virtio_init(struct virtio_dev *vd, u64 wanted, u16 nqueues)
     if (nqueues > devq)
         nqueues = devq;
     vd->nqueues = nqueues;
-    vd->msix = !cmdline_is("irq", "poll");
-    if (vd->msix) {
+    vd->irqs = !cmdline_is("irq", "poll");
+    vd->intx = cmdline_is("irq", "intx");
+    if (vd->irqs) {
         irq_dev = vd;
         irq_init();
         pic_disable();
         lapic_enable();
+    }
+    if (vd->intx) {
+        if (intx_setup(vd) != 0) {
+            kprintf("virtio: no usable INTx, polling\n");
+            vd->irqs = vd->intx = 0;
+        }
+    } else if (vd->irqs) {
         irq_set_handler(VEC_CONFIG, on_config);
         for (u16 q = 0; q < nqueues; q++)
             irq_set_handler(VEC_QUEUE0 + q, on_queue);
         if (msix_setup(vd, nqueues) < 2) {
             kprintf("virtio: no usable MSI-X, polling\n");
-            vd->msix = 0;
+            vd->irqs = 0;
         }
     }
-    if (vd->msix) {
+    if (vd->irqs && !vd->intx) {
         c_w16(vd, COMMON_MSIX, 0);
         if (c_r16(vd, COMMON_MSIX) == VIRTIO_NO_VECTOR)
             kprintf("virtio: config vector not accepted\n");
     }
     if (!virtio_quiet)
-        kprintf("virtio-irq: %s\n", vd->msix ? "msix" : "poll");
+        kprintf("virtio-irq: %s\n", vd->intx ? "intx" : vd->irqs ? "msix" : "poll");
     u16 max = (u16)cmdline_u64("queue_size", VIRTQ_MAX_SIZE);
     if (max == 0 || max > VIRTQ_MAX_SIZE)
         max = VIRTQ_MAX_SIZE;
@@ -343,13 +389,13 @@ int virtio_init(struct virtio_dev *vd, u64 wanted, u16 nqueues)
             status_or(vd, VIRTIO_STATUS_FAILED);
             return -1;
         }
-        if (vd->msix && vd->vq[q].msix_vector == VIRTIO_NO_VECTOR) {
+        if (vd->irqs && !vd->intx && vd->vq[q].msix_vector == VIRTIO_NO_VECTOR) {
             kprintf("virtio: queue %u vector not accepted\n", q);
             status_or(vd, VIRTIO_STATUS_FAILED);
             return -1;
         }
     }
-    if (vd->msix)
+    if (vd->irqs)
         watchdog_start();
     status_or(vd, VIRTIO_STATUS_DRIVER_OK);
     u8 st = c_r8(vd, COMMON_STATUS);
@@ -457,7 +503,7 @@ int virtq_submit(struct virtq *q, const struct virtq_buf *bufs, u16 n)
     q->next_desc = (u16)((head + n) & (q->size - 1));
     u16 old = q->avail_idx;
     virtq_avail_put(q, old, head);
-    if (q->vdev->msix)
+    if (q->vdev->irqs)
         virtq_want_interrupt(q);
     virtq_avail_publish(q, (u16)(old + 1));
     virtq_kick(q, old);
@@ -470,7 +516,7 @@ int virtq_wait(struct virtq *q, u32 *id, u32 *len)
 {
     struct virtio_dev *vd = q->vdev;
     int done = 0;
-    if (vd->msix) {
+    if (vd->irqs) {
         u32 irqs = q->interrupts;
         u32 start = watchdog_ticks, seen_at = 0;
         for (;;) {
@@ -539,12 +585,14 @@ i64 virtq_transfer(struct virtq *q, const struct virtq_buf *bufs, u16 n)
 
 void virtio_report_irqs(struct virtio_dev *vd)
 {
-    if (!vd->msix)
+    if (!vd->irqs)
         return;
     u32 n = vd->config_interrupts;
     for (u16 q = 0; q < vd->nqueues; q++)
         n += vd->vq[q].interrupts;
     kprintf("virtio-interrupts: %u\n", n);
+    if (vd->intx)
+        kprintf("virtio-intx-empty-isr: %u\n", intx_empty);
     if (irq_missing)
         kprintf("virtio-irq-missing: %u\n", irq_missing);
 }
@@ -566,7 +614,7 @@ int virtq_poll_used(struct virtq *q, u32 *id, u32 *len)
 
 void virtio_wait_event(struct virtio_dev *vd)
 {
-    if (vd->msix) {
+    if (vd->irqs) {
         /* Any interrupt ends the hlt: a queue or config vector, or the ~1 s watchdog tick. */
         __asm__ volatile("sti; hlt; cli" ::: "memory");
     } else {

@@ -85,7 +85,7 @@ struct virtq {
     u16 next_desc;           /* round-robin descriptor allocation of virtq_submit */
     u16 msix_vector;         /* MSI-X table entry, or VIRTIO_NO_VECTOR */
     u64 notify_addr;
-    volatile u32 interrupts; /* MSI-X interrupts taken for this queue */
+    volatile u32 interrupts; /* interrupts taken for this queue (INTx: every queue-bit ISR) */
 };
 
 struct virtio_dev {
@@ -94,7 +94,8 @@ struct virtio_dev {
     u32 notify_mult, device_cfg_len;
     u64 features;      /* negotiated */
     u64 device_features;
-    int msix;          /* 1 when MSI-X is in use (irq=msix) */
+    int irqs;          /* 1 when interrupt-driven (irq=msix or irq=intx) */
+    int intx;          /* 1 when INTx is in use (irq=intx) rather than MSI-X */
     u8 msix_cap;
     u64 msix_table;
     u16 msix_entries;

@@ -101,7 +101,7 @@ static void publish(u16 head, u16 count)
     struct virtq *q = q0();
     u16 old = q->avail_idx;
     virtq_avail_put(q, old, head);
-    if (vd.msix)
+    if (vd.irqs)
         virtq_want_interrupt(q);
     virtq_avail_publish(q, (u16)(old + count));
     virtq_notify(q);

@@ -439,7 +439,7 @@ void kmain(const struct bootinfo *bi)
         virtq_desc_set(rq, i, (u64)rxbuf[i], BUF, VIRTQ_DESC_F_WRITE, 0);
         rx_post(i);
     }
-    if (vd.msix)
+    if (vd.irqs)
         virtq_want_interrupt(rq);
     rx_publish(0);
     kprintf("net-ready\n");
@@ -503,7 +503,7 @@ void kmain(const struct bootinfo *bi)
         }
         if (work)
             continue;
-        if (vd.msix) {
+        if (vd.irqs) {
             virtq_want_interrupt(rq);
             if (blast && !blast_reported)
                 virtq_want_interrupt(&vd.vq[1]);

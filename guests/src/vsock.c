@@ -251,7 +251,7 @@ void kmain(const struct bootinfo *bi)
     u16 nrx = rq->size / 2 < RXN ? rq->size / 2 : RXN;
     for (u16 i = 0; i < nrx; i++)
         rx_post(i);
-    if (vd.msix)
+    if (vd.irqs)
         virtq_want_interrupt(rq);
     virtq_avail_publish(rq, rq->avail_idx);
     virtq_kick(rq, 0);
@@ -309,7 +309,7 @@ void kmain(const struct bootinfo *bi)
             continue;
         if (exit_after && rtc_seconds_elapsed() >= exit_after)
             break;
-        if (vd.msix) {
+        if (vd.irqs) {
             virtq_want_interrupt(rq);
             virtq_want_interrupt(eq);
             mb();

@@ -39,6 +39,17 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// Size of the ECAM window.
 pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// First IOAPIC input wired to PCI INTx lines (the ISA IRQs take 0..16).
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+/// IOAPIC inputs 16..24 carry the INTx lines of bus 0, shared round-robin.
+pub const PCI_INTX_GSIS: u32 = 8;
+
+/// The GSI that INTx pin `pin` (0 = INTA# .. 3 = INTD#) of the device in `slot` raises on bus
+/// 0: the usual swizzle `(slot + pin) mod 8` over GSIs 16..24. The DSDT's `_PRT` and the VMM
+/// both use this, so what the guest reads from ACPI is what the device drives.
+pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI_BASE + (u32::from(slot) + u32::from(pin)) % PCI_INTX_GSIS
+}
 /// Where RAM resumes above the hole.
 pub const RAM_ABOVE_4G: u64 = 0x1_0000_0000;
 /// KVM's identity-map page (one page) on Intel hosts.

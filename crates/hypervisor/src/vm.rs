@@ -75,6 +75,20 @@ impl Vm {
         self.fd.register_irqfd(event, gsi).map_err(ioctl_err("KVM_IRQFD"))
     }
 
+    /// Makes every signal of `event` assert the level-triggered interrupt `gsi`; when the
+    /// guest acknowledges it (EOI), KVM deasserts `gsi` and signals `resample`, so the source
+    /// can assert it again if it is still pending (`KVM_IRQFD_FLAG_RESAMPLE`).
+    pub fn register_resample_irqfd(
+        &self,
+        event: &EventFd,
+        resample: &EventFd,
+        gsi: u32,
+    ) -> Result<()> {
+        self.fd
+            .register_irqfd_with_resample(event, resample, gsi)
+            .map_err(ioctl_err("KVM_IRQFD (resample)"))
+    }
+
     /// Sets the level of interrupt line `gsi` (for level-triggered sources like the SCI).
     pub fn set_irq_line(&self, gsi: u32, high: bool) -> Result<()> {
         self.fd.set_irq_line(gsi, high).map_err(ioctl_err("KVM_IRQ_LINE"))

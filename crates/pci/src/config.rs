@@ -255,6 +255,12 @@ impl ConfigSpace {
         self.init_bytes(INTERRUPT_PIN, &[pin as u8]);
     }
 
+    /// Sets the interrupt line register's initial value (what firmware would have written:
+    /// the GSI the pin is routed to). The guest may overwrite it.
+    pub fn set_interrupt_line(&mut self, line: u8) {
+        self.init_bytes(INTERRUPT_LINE, &[line]);
+    }
+
     /// Reads dword register `reg` (byte offset `reg * 4`); all ones past the 4 KiB space.
     pub fn read_reg(&self, reg: usize) -> u32 {
         self.regs.get(reg).copied().unwrap_or(u32::MAX)
@@ -292,7 +298,7 @@ impl ConfigSpace {
     }
 
     /// Restores every register except the BARs to its value before any guest write
-    /// (command register cleared, interrupt line 0, MSI-X disabled).
+    /// (command register cleared, interrupt line back to its initial value, MSI-X disabled).
     pub fn reset(&mut self) {
         for reg in 0..NUM_REGS {
             if !(BAR0 / 4..BAR0 / 4 + NUM_BARS).contains(&reg) {

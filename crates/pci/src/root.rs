@@ -205,10 +205,15 @@ impl PciRoot {
         &self.windows
     }
 
+    /// The slot [`PciRoot::add_device`] will use next, if any is free.
+    pub fn next_free_slot(&self) -> Option<u8> {
+        (1..SLOTS).find(|&s| self.slots[s].is_none()).map(|s| s as u8)
+    }
+
     /// Puts `device` in the lowest free slot (1..=31), allocates each of its BARs naturally
     /// aligned (largest first) and programs them. Returns the slot.
     pub fn add_device(&mut self, device: SharedPciDevice) -> Result<u8, PciError> {
-        let slot = (1..SLOTS).find(|&s| self.slots[s].is_none()).ok_or(PciError::NoFreeSlot)?;
+        let slot = usize::from(self.next_free_slot().ok_or(PciError::NoFreeSlot)?);
         let mut bars = lock(&device).config().bars();
         bars.sort_by(|a, b| b.size.cmp(&a.size).then(a.index.cmp(&b.index)));
         let mut placed = Vec::with_capacity(bars.len());

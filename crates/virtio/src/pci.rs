@@ -3,13 +3,14 @@
 //! described by vendor capabilities. Queue notifications are meant to be ioeventfds (see
 //! [`PciDevice::ioeventfds`]); a notify write that still reaches us signals the same eventfd.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ironvirt_pci::{
-    BarKind, ConfigSpace, IoEventSpec, MsiSink, MsixConfig, PciDevice, PciError, PciIds,
+    BarKind, BarReprogram, ConfigSpace, ConfigWriteEffect, InterruptPin, IoEventSpec, MsiSink,
+    MsixConfig, PciDevice, PciError, PciIds,
 };
-use ironvirt_vm_bus::guest_debug;
+use ironvirt_vm_bus::{guest_debug, LevelInterrupt};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -45,6 +46,9 @@ const STATUS_FEATURES_OK: u8 = 8;
 const STATUS_DRIVER_OK: u8 = 4;
 const STATUS_NEEDS_RESET: u8 = 0x40;
 
+/// Command register bit 10: the function must not assert INTx (PCI 3.0 §6.2.2).
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+
 /// "No vector" for config_msix_vector / queue_msix_vector (§4.1.5.1.2).
 pub const NO_VECTOR: u16 = 0xffff;
 
@@ -53,23 +57,89 @@ struct QueueConfig {
     vector: u16,
 }
 
+/// The ISR and whether the command register's Interrupt Disable bit (PCI 3.0 §6.2.2) masks
+/// INTx.
+#[derive(Default)]
+struct IsrState {
+    isr: u8,
+    intx_disabled: bool,
+}
+
 /// Interrupt delivery shared with the device's worker thread.
+///
+/// With MSI-X enabled a queue or configuration event goes to its vector (none with
+/// `NO_VECTOR`). With MSI-X disabled it goes to the INTx line, if the VMM wired one: the ISR
+/// bit is set and the line raised; the driver's ISR read clears both (§4.1.4.5). The ISR and
+/// the line change together under one lock, so a read racing an event never leaves the line
+/// high with the ISR empty (which a level-triggered interrupt would turn into a storm).
 struct Interrupts {
     msix: Arc<Mutex<MsixConfig>>,
     queue_vectors: Mutex<Vec<u16>>,
     config_vector: Mutex<u16>,
-    isr: AtomicU8,
+    isr: Mutex<IsrState>,
+    intx: OnceLock<Arc<dyn LevelInterrupt>>,
     /// Set by the device when the driver broke it; reported as DEVICE_NEEDS_RESET.
     needs_reset: std::sync::atomic::AtomicBool,
 }
 
 impl Interrupts {
     fn send(&self, vector: u16, isr_bit: u8) -> std::io::Result<()> {
-        self.isr.fetch_or(isr_bit, Ordering::AcqRel);
-        if vector == NO_VECTOR {
-            return Ok(()); // No INTx: the driver must poll.
+        let mut msix = self.msix.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.isr.lock().unwrap_or_else(|p| p.into_inner());
+        state.isr |= isr_bit;
+        if msix.enabled() {
+            drop(state);
+            if vector == NO_VECTOR {
+                return Ok(()); // §4.1.5.1.2: no interrupt for this event.
+            }
+            return msix.trigger(vector).map(|_| ());
         }
-        self.msix.lock().unwrap_or_else(|p| p.into_inner()).trigger(vector).map(|_| ())
+        drop(msix);
+        match self.intx.get() {
+            Some(line) if !state.intx_disabled => line.set_level(true),
+            _ => Ok(()), // No INTx wired, or masked: the driver polls.
+        }
+    }
+
+    /// The command register's Interrupt Disable bit changed: lower the line, or raise it
+    /// again for an ISR still pending.
+    fn set_intx_disabled(&self, disabled: bool) {
+        let mut state = self.isr.lock().unwrap_or_else(|p| p.into_inner());
+        if state.intx_disabled == disabled {
+            return;
+        }
+        state.intx_disabled = disabled;
+        if disabled || state.isr == 0 {
+            self.lower_line();
+        } else if let Some(line) = self.intx.get() {
+            let msix_off = !self.msix.lock().unwrap_or_else(|p| p.into_inner()).enabled();
+            if msix_off {
+                if let Err(e) = line.set_level(true) {
+                    log::warn!("virtio-pci: cannot raise the INTx line: {e}");
+                }
+            }
+        }
+    }
+
+    /// The driver read the ISR: returns it, clears it and lowers the INTx line.
+    fn take_isr(&self) -> u8 {
+        let mut state = self.isr.lock().unwrap_or_else(|p| p.into_inner());
+        let value = std::mem::take(&mut state.isr);
+        self.lower_line();
+        value
+    }
+
+    fn clear(&self) {
+        *self.isr.lock().unwrap_or_else(|p| p.into_inner()) = IsrState::default();
+        self.lower_line();
+    }
+
+    fn lower_line(&self) {
+        if let Some(line) = self.intx.get() {
+            if let Err(e) = line.set_level(false) {
+                log::warn!("virtio-pci: cannot lower the INTx line: {e}");
+            }
+        }
     }
 }
 
@@ -200,7 +270,8 @@ impl VirtioPciDevice {
             msix: Arc::new(Mutex::new(msix)),
             queue_vectors: Mutex::new(vec![NO_VECTOR; num_queues]),
             config_vector: Mutex::new(NO_VECTOR),
-            isr: AtomicU8::new(0),
+            isr: Mutex::new(IsrState::default()),
+            intx: OnceLock::new(),
             needs_reset: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Self {
@@ -218,6 +289,18 @@ impl VirtioPciDevice {
             config_generation: 0,
             active: false,
         })
+    }
+
+    /// Wires INTA# to `line`, which the platform routes to `gsi` (reported in the interrupt
+    /// line register, as firmware would leave it). Used while MSI-X is disabled; without it
+    /// a driver that does not enable MSI-X must poll.
+    pub fn with_intx(self, line: Arc<dyn LevelInterrupt>, gsi: u8) -> Self {
+        let mut this = self;
+        this.config.set_interrupt_pin(InterruptPin::IntA);
+        this.config.set_interrupt_line(gsi);
+        // `new` just made `interrupts`; nothing else has set the line.
+        let _ = this.interrupts.intx.set(line);
+        this
     }
 
     /// The eventfd signalled when the driver kicks queue `index` (for the VMM's ioeventfd).
@@ -246,7 +329,7 @@ impl VirtioPciDevice {
         *self.interrupts.queue_vectors.lock().unwrap_or_else(|p| p.into_inner()) =
             vec![NO_VECTOR; self.queues.len()];
         *self.interrupts.config_vector.lock().unwrap_or_else(|p| p.into_inner()) = NO_VECTOR;
-        self.interrupts.isr.store(0, Ordering::Release);
+        self.interrupts.clear();
         self.interrupts.needs_reset.store(false, Ordering::Release);
         self.status = 0;
         self.driver_features = 0;
@@ -430,8 +513,31 @@ impl PciDevice for VirtioPciDevice {
         &mut self.config
     }
 
+    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) -> Option<BarReprogram> {
+        let effect = match self.config.write(reg, offset, data) {
+            ConfigWriteEffect::BarMoved(reprogram) => Some(reprogram),
+            ConfigWriteEffect::MsixControl(control) => {
+                self.msix_control_written(control);
+                None
+            }
+            _ => None,
+        };
+        if reg == 1 {
+            self.interrupts.set_intx_disabled(self.config.command() & COMMAND_INTX_DISABLE != 0);
+        }
+        effect
+    }
+
     fn msix_control_written(&mut self, control: u16) {
-        self.interrupts.msix.lock().unwrap_or_else(|p| p.into_inner()).set_message_control(control);
+        let enabled = {
+            let mut msix = self.interrupts.msix.lock().unwrap_or_else(|p| p.into_inner());
+            msix.set_message_control(control);
+            msix.enabled()
+        };
+        if enabled {
+            // Events go to vectors from now on; a pending INTx must not stay asserted.
+            self.interrupts.lower_line();
+        }
     }
 
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
@@ -443,7 +549,7 @@ impl PciDevice for VirtioPciDevice {
             ISR_OFFSET => {
                 // Reading the ISR clears it (§4.1.4.5).
                 data.fill(0);
-                data[0] = self.interrupts.isr.swap(0, Ordering::AcqRel);
+                data[0] = self.interrupts.take_isr();
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
                 self.device.read_config(o - DEVICE_CFG_OFFSET, data)
@@ -574,6 +680,107 @@ mod tests {
         d.write_bar(0, 0x14, &[0]);
         d.read_bar(0, 0x14, &mut s);
         assert_eq!(s[0], 0, "reset clears the status");
+    }
+
+    /// An INTx line that remembers its level and counts rising edges.
+    #[derive(Default)]
+    struct Line {
+        high: std::sync::atomic::AtomicBool,
+        raised: std::sync::atomic::AtomicU32,
+    }
+    impl LevelInterrupt for Line {
+        fn set_level(&self, high: bool) -> std::io::Result<()> {
+            if high && !self.high.swap(true, Ordering::SeqCst) {
+                self.raised.fetch_add(1, Ordering::SeqCst);
+            }
+            self.high.store(high, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn device_with_intx() -> (VirtioPciDevice, Arc<Line>) {
+        let line = Arc::new(Line::default());
+        (device().with_intx(line.clone(), 17), line)
+    }
+
+    fn isr(d: &mut VirtioPciDevice) -> u8 {
+        let mut v = [0u8];
+        d.read_bar(0, ISR_OFFSET, &mut v);
+        v[0]
+    }
+
+    #[test]
+    fn intx_pin_and_line_are_reported_in_config_space() {
+        let (d, _) = device_with_intx();
+        assert_eq!(d.config().read_reg(0x3c / 4) & 0xffff, 0x0111, "pin INTA#, line 17");
+        assert_eq!(device().config().read_reg(0x3c / 4) & 0xffff, 0, "no pin without INTx");
+    }
+
+    #[test]
+    fn without_msix_events_raise_intx_until_the_isr_is_read() {
+        let (mut d, line) = device_with_intx();
+        d.interrupts.notify_queue(0).unwrap();
+        assert!(line.high.load(Ordering::SeqCst));
+        d.interrupts.notify_config().unwrap();
+        assert_eq!(isr(&mut d), 3, "queue and configuration bits");
+        assert!(!line.high.load(Ordering::SeqCst), "the ISR read lowers the line");
+        assert_eq!(isr(&mut d), 0, "and clears the ISR");
+        d.interrupts.notify_queue(0).unwrap();
+        assert!(line.high.load(Ordering::SeqCst));
+        d.write_bar(0, 0x14, &[0]); // device reset
+        assert!(!line.high.load(Ordering::SeqCst), "reset lowers the line");
+        assert_eq!(isr(&mut d), 0);
+    }
+
+    #[test]
+    fn interrupt_disable_masks_intx_and_unmasking_reasserts_a_pending_isr() {
+        let (mut d, line) = device_with_intx();
+        d.write_config(1, 0, &(COMMAND_INTX_DISABLE | 2).to_le_bytes());
+        d.interrupts.notify_queue(0).unwrap();
+        assert!(!line.high.load(Ordering::SeqCst), "masked");
+        d.write_config(1, 0, &2u16.to_le_bytes());
+        assert!(line.high.load(Ordering::SeqCst), "unmasked with the ISR pending");
+        d.write_config(1, 0, &(COMMAND_INTX_DISABLE | 2).to_le_bytes());
+        assert!(!line.high.load(Ordering::SeqCst), "masked again");
+        assert_eq!(isr(&mut d), 1);
+    }
+
+    #[test]
+    fn with_msix_enabled_events_never_touch_intx() {
+        let (mut d, line) = device_with_intx();
+        d.interrupts.notify_queue(0).unwrap();
+        assert!(line.high.load(Ordering::SeqCst));
+        let cap = usize::from(d.config().msix_capability_offset().unwrap());
+        d.write_config(cap / 4, 2, &0x8000u16.to_le_bytes()); // MSI-X enable
+        assert!(!line.high.load(Ordering::SeqCst), "enabling MSI-X lowers a pending INTx");
+        d.interrupts.notify_queue(0).unwrap(); // NO_VECTOR: nothing at all
+        d.interrupts.notify_config().unwrap();
+        assert!(!line.high.load(Ordering::SeqCst));
+        assert_eq!(line.raised.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn racing_events_and_isr_reads_never_leave_the_line_high_with_an_empty_isr() {
+        let (d, line) = device_with_intx();
+        let d = Arc::new(Mutex::new(d));
+        let interrupts = d.lock().unwrap().interrupts.clone();
+        let sender = std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                interrupts.notify_queue(0).unwrap();
+            }
+        });
+        let mut seen = 0u32;
+        while !sender.is_finished() {
+            seen += u32::from(isr(&mut d.lock().unwrap()) != 0);
+        }
+        sender.join().unwrap();
+        let last = isr(&mut d.lock().unwrap());
+        assert!(seen + u32::from(last) > 0);
+        assert!(!line.high.load(Ordering::SeqCst), "line high after the final ISR read");
+        let mut d = d.lock().unwrap();
+        d.interrupts.notify_queue(0).unwrap();
+        assert!(line.high.load(Ordering::SeqCst));
+        assert_eq!(isr(&mut d), 1);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use ironvirt_vm_bus::{Bus, GuestEventSink, SharedDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
-use crate::interrupts::{BootEvents, EventInterrupt, IrqLine};
+use crate::interrupts::{BootEvents, EventInterrupt, IntxResampler, IrqLine};
 use crate::vcpu::{run_vcpu, PauseGate, VcpuShared, VcpuStats};
 use crate::VmmError;
 
@@ -43,6 +43,8 @@ pub(crate) struct Machine {
     threads: Vec<JoinHandle<()>>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
     balloon: Option<BalloonHandle>,
+    /// Re-raises PCI INTx lines after the guest's EOIs, when PCI devices are attached.
+    _intx: Option<IntxResampler>,
     /// Keeps the VM (and so its memory) alive until every vCPU thread is gone.
     _vm: Arc<Vm>,
 }
@@ -80,17 +82,19 @@ pub(crate) fn boot(
     // Installing the first memory slot costs milliseconds inside KVM (an SRCU grace period);
     // do the rest of the setup meanwhile. Nothing below needs the slot before KVM_RUN.
     let mut balloon = None;
-    let ((pio, mmio, acpi_pm), vcpus) = std::thread::scope(|scope| {
+    let ((pio, mmio, acpi_pm, intx), vcpus) = std::thread::scope(|scope| {
         let registering = scope.spawn(|| vm.register_memory(&memory));
         let setup = (|| {
             vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
             let devices = virtio_devices(cfg, &mut balloon)?;
             let mut acpi = AcpiConfig { num_cpus: cfg.cpus, ..Default::default() };
+            let windows = crate::pci::windows(&memory);
             if !devices.is_empty() {
-                let window = ironvirt_pci::PciWindows::DEFAULT_MMIO32;
                 acpi.sb_devices.push(Box::new(PciRootBridge {
-                    mmio_base: window.base as u32,
-                    mmio_size: window.size as u32,
+                    // The 32-bit window lies below 4 GiB (PciRoot::new checks it).
+                    mmio_base: windows.mmio32.base as u32,
+                    mmio_size: windows.mmio32.size as u32,
+                    mmio64: windows.mmio64.map(|w| (w.base, w.size)),
                 }));
                 acpi.extra_tables.push(Box::new(mcfg(crate::pci::ECAM_BASE, 0)));
             }
@@ -106,11 +110,13 @@ pub(crate) fn boot(
             regs::write_boot_tables(&memory)?;
             let (mut pio, acpi_pm) = platform_bus(&vm, persistent, &events)?;
             let mut mmio = Bus::new();
-            if !devices.is_empty() {
-                crate::pci::attach(&vm, &memory, devices, &mut pio, &mut mmio)?;
-            }
+            let intx = if devices.is_empty() {
+                None
+            } else {
+                Some(crate::pci::attach(&vm, &memory, windows, devices, &mut pio, &mut mmio)?)
+            };
             let vcpus = create_vcpus(&vm, cfg, persistent, entry)?;
-            Ok::<_, VmmError>(((pio, mmio, acpi_pm), vcpus))
+            Ok::<_, VmmError>(((pio, mmio, acpi_pm, intx), vcpus))
         })();
         let registered = registering.join().expect("memory registration does not panic");
         let ready = setup?;
@@ -137,7 +143,7 @@ pub(crate) fn boot(
             .map_err(host("a vCPU thread"))?;
         threads.push(handle);
     }
-    Ok(Machine { shared, threads, acpi_pm, balloon, _vm: vm })
+    Ok(Machine { shared, threads, acpi_pm, balloon, _intx: intx, _vm: vm })
 }
 
 /// The virtio devices `cfg` asks for, in PCI slot order.

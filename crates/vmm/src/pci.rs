@@ -5,16 +5,18 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use ironvirt_arch::layout::pci_intx_gsi;
 use ironvirt_hypervisor::{EventFd, MsiRoute, Vm, FIRST_MSI_GSI};
 use ironvirt_pci::{
-    MsiMessage, MsiSink, PciConfigIo, PciConfigMmio, PciRoot, PciWindows, SharedPciDevice,
+    MsiMessage, MsiSink, PciConfigIo, PciConfigMmio, PciError, PciRoot, PciWindows, SharedPciDevice,
 };
 use ironvirt_virtio::pci::VirtioPciDevice;
 use ironvirt_virtio::VirtioDevice;
 use ironvirt_vm_bus::Bus;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
+use crate::interrupts::{IntxPin, IntxResampler};
 use crate::VmmError;
 
 /// ECAM window for bus 0 (docs/PLATFORM.md): 1 MiB at 3.5 GiB.
@@ -80,18 +82,26 @@ impl MsiSink for DeviceMsi {
     }
 }
 
-/// Builds the root complex with `devices` and puts its config access and BAR windows on the
-/// buses; returns the root's ACPI description (32-bit window).
+/// The BAR windows of a guest with `mem`: the 32-bit window in the MMIO hole and a 64 GiB
+/// 64-bit window at the first GiB boundary above RAM and 4 GiB (docs/PLATFORM.md).
+pub(crate) fn windows(mem: &GuestMemoryMmap) -> PciWindows {
+    PciWindows::above_ram(mem.last_addr().0 + 1)
+}
+
+/// Builds the root complex with `devices` in `windows` and puts its config access and BAR
+/// windows on the buses. Each device gets MSI-X vectors and INTA#, routed as the DSDT's
+/// `_PRT` says ([`pci_intx_gsi`]); the returned resampler serves the INTx lines while it lives.
 pub(crate) fn attach(
     vm: &Arc<Vm>,
     mem: &GuestMemoryMmap,
+    windows: PciWindows,
     devices: Vec<Box<dyn VirtioDevice>>,
     pio: &mut Bus,
     mmio: &mut Bus,
-) -> Result<PciWindows, VmmError> {
-    let windows = PciWindows { mmio32: PciWindows::DEFAULT_MMIO32, mmio64: None, io: None };
+) -> Result<IntxResampler, VmmError> {
     let mut root = PciRoot::new(windows).map_err(pci_err)?;
     let router = MsiRouter::new(vm.clone());
+    let mut pins = Vec::new();
     // Doorbell addresses per slot, to move the ioeventfds when the guest moves a BAR.
     let mut doorbells: BTreeMap<u8, Vec<(u64, EventFd)>> = BTreeMap::new();
     for device in devices {
@@ -105,8 +115,14 @@ pub(crate) fn attach(
             irqfds.push(fd);
         }
         let sink = Arc::new(DeviceMsi { router: router.clone(), base_gsi, irqfds });
+        let slot = root.next_free_slot().ok_or_else(|| pci_err(PciError::NoFreeSlot))?;
+        let gsi = pci_intx_gsi(slot, 0);
+        let pin = Arc::new(IntxPin::new(vm, gsi)?);
+        pins.push(pin.clone());
+        // GSIs 16..24 fit the interrupt line register.
         let dev = VirtioPciDevice::new(device, mem.clone(), sink)
-            .map_err(|e| VmmError::Pci(ironvirt_vmm_error_chain(&e)))?;
+            .map_err(|e| VmmError::Pci(ironvirt_vmm_error_chain(&e)))?
+            .with_intx(pin, gsi as u8);
         let specs = ironvirt_pci::PciDevice::ioeventfds(&dev);
         let kicks: Vec<EventFd> = specs
             .iter()
@@ -158,7 +174,7 @@ pub(crate) fn attach(
         mmio.insert(Arc::new(Mutex::new(bars)), window.base, window.size)
             .map_err(|c| bus_err("pci-bars", c))?;
     }
-    Ok(windows)
+    IntxResampler::start(pins)
 }
 
 fn ironvirt_vmm_error_chain(e: &dyn std::error::Error) -> String {

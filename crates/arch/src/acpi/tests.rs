@@ -421,17 +421,24 @@ fn iasl_disassembles_all_tables_cleanly() {
     );
     let dir = std::env::temp_dir().join(format!("ironvirt-acpi-iasl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    let bridge = super::pci::PciRootBridge {
+        mmio_base: 0xc000_0000,
+        mmio_size: 0x2000_0000,
+        mmio64: Some((0x1_4000_0000, 64 << 30)),
+    };
     let mem = build(&AcpiConfig {
         num_cpus: 4,
-        sb_devices: vec![Box::new(TestRootBridge)],
+        sb_devices: vec![Box::new(bridge)],
+        extra_tables: vec![Box::new(super::pci::mcfg(0xe000_0000, 0))],
         ..Default::default()
     });
     let (_, fadt) = find_table(&mem, "FACP");
     // The RSDP is left out: this iasl (20200925) does not take a bare RSDP from a file, and
     // the unit tests above check it byte by byte.
-    let mut tables = vec![("facs", read(&mem, u64_at(&fadt, 132), 64)), ("dsdt", dsdt(&mem))];
+    let mut tables =
+        vec![("facs".to_string(), read(&mem, u64_at(&fadt, 132), 64)), ("dsdt".into(), dsdt(&mem))];
     for (sig, addr) in xsdt_entries(&mem) {
-        tables.push((if sig == "FACP" { "facp" } else { "apic" }, table_at(&mem, addr)));
+        tables.push((sig.to_lowercase(), table_at(&mem, addr)));
     }
 
     for (name, bytes) in tables {
@@ -453,6 +460,20 @@ fn iasl_disassembles_all_tables_cleanly() {
             assert!(!dsl.contains(bad), "{name}.dsl mentions {bad}:\n{dsl}");
             assert!(!text.contains(bad), "iasl {name} output mentions {bad}:\n{text}");
         }
+    }
+    // The root bridge as iasl reads it back: both BAR windows, and a _PRT entry per slot and
+    // pin (slot 1 INTA# on GSI 17, slot 31 INTD# on GSI 16 + (31 + 3) % 8 = 18).
+    let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).expect("dsl");
+    let uncommented: Vec<&str> = dsl.lines().map(|l| l.split("//").next().unwrap_or("")).collect();
+    let squeezed = uncommented.join(" ").split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, 0x00000000, 0xC0000000, 0xDFFFFFFF,",
+        "QWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, 0x0000000000000000, 0x0000000140000000, 0x000000113FFFFFFF,",
+        "Name (_PRT, Package (0x7C) {",
+        "Package (0x04) { 0x0001FFFF, Zero, Zero, 0x11 }",
+        "Package (0x04) { 0x001FFFFF, 0x03, Zero, 0x12 }",
+    ] {
+        assert!(squeezed.contains(want), "dsdt.dsl lacks {want}:\n{dsl}");
     }
     if std::env::var_os("IRONVIRT_KEEP_ACPI").is_none() {
         std::fs::remove_dir_all(&dir).ok();
