@@ -242,7 +242,12 @@ impl VirtioDevice for Balloon {
         }
         self.reset();
         *lock(&self.shared.interrupt) = Some(a.interrupt.clone());
-        let handler = BalloonHandler { shared: self.shared.clone(), held: None, pfns: Vec::new() };
+        let handler = BalloonHandler {
+            shared: self.shared.clone(),
+            held: None,
+            pfns: Vec::new(),
+            broken: false,
+        };
         let worker = BalloonWorker::start(handler, a.mem, a.queues, a.interrupt, &self.shared)?;
         self.worker = Some(worker);
         Ok(())
@@ -268,12 +273,21 @@ struct BalloonHandler {
     /// The stats buffer we hold until the host wants fresh numbers.
     held: Option<u16>,
     pfns: Vec<u32>,
+    /// A used entry could not be written: the device waits for a reset.
+    broken: bool,
 }
 
 impl QueueHandler for BalloonHandler {
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     fn process(&mut self, index: u16, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            if self.broken {
+                break;
+            }
             let head = chain.head_index();
             match index {
                 INFLATE | DEFLATE => {
@@ -304,9 +318,10 @@ impl QueueHandler for BalloonHandler {
 }
 
 impl BalloonHandler {
-    fn complete(&self, queue: &mut Queue, mem: &GuestMemoryMmap, head: u16) {
+    fn complete(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, head: u16) {
         if queue.add_used(mem, head, 0).is_err() {
-            guest_warn!("balloon: cannot return a used buffer");
+            guest_warn!("balloon: head index {head} cannot be returned; device needs reset");
+            self.broken = true;
         }
     }
 

@@ -43,6 +43,8 @@ impl Rng {
 struct RngHandler {
     counters: Arc<Counters>,
     buf: Vec<u8>,
+    /// A used entry could not be written: the device waits for a reset.
+    broken: bool,
 }
 
 impl QueueHandler for RngHandler {
@@ -54,11 +56,19 @@ impl QueueHandler for RngHandler {
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
             if queue.add_used(mem, head, len).is_err() {
-                ironvirt_vm_bus::guest_warn!("virtio-rng: cannot return a used buffer");
+                ironvirt_vm_bus::guest_warn!(
+                    "virtio-rng: head index {head} cannot be returned; device needs reset"
+                );
+                self.broken = true;
+                break;
             }
             used = true;
         }
         used
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken
     }
 }
 
@@ -109,7 +119,8 @@ impl VirtioDevice for Rng {
         if a.queues.len() != 1 {
             return Err(ActivateError::QueueCount { expected: 1, got: a.queues.len() });
         }
-        let handler = RngHandler { counters: self.counters.clone(), buf: Vec::new() };
+        let handler =
+            RngHandler { counters: self.counters.clone(), buf: Vec::new(), broken: false };
         self.worker = Some(Worker::start("virtio-rng", a.mem, a.queues, a.interrupt, handler)?);
         Ok(())
     }
@@ -137,13 +148,13 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::QueueT;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Address, Bytes, GuestAddress};
 
     const VRING_DESC_F_NEXT: u16 = 1;
     const VRING_DESC_F_WRITE: u16 = 2;
 
     #[derive(Default)]
-    struct CountIrq(AtomicUsize);
+    struct CountIrq(AtomicUsize, AtomicUsize);
     impl VirtioInterrupt for CountIrq {
         fn notify_queue(&self, _: u16) -> std::io::Result<()> {
             self.0.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +162,9 @@ mod tests {
         }
         fn notify_config(&self) -> std::io::Result<()> {
             Ok(())
+        }
+        fn device_broken(&self) {
+            self.1.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -167,7 +181,7 @@ mod tests {
         vq.add_desc_chains(descs, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let counters = Arc::new(Counters::default());
-        let mut h = RngHandler { counters: counters.clone(), buf: Vec::new() };
+        let mut h = RngHandler { counters: counters.clone(), buf: Vec::new(), broken: false };
         let irq = CountIrq::default();
         drain(0, &mut q, mem, &mut h, &irq);
         let irqs = irq.0.load(Ordering::Relaxed);
@@ -185,6 +199,30 @@ mod tests {
         assert_eq!(counters.bytes.load(Ordering::Relaxed), 4096);
         assert_eq!(q.next_used(), 1);
         assert_eq!(irqs, 1);
+    }
+
+    #[test]
+    fn a_head_index_beyond_the_ring_asks_for_a_reset_and_stops_the_queue() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let descs =
+            [desc(0x10000, 64, VRING_DESC_F_WRITE, 0), desc(0x20000, 64, VRING_DESC_F_WRITE, 0)];
+        vq.add_desc_chains(&descs, 0).unwrap();
+        // The second avail entry names descriptor 100 of a 16-entry ring.
+        m.write_obj(100u16, vq.avail_addr().unchecked_add(4 + 2)).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let counters = Arc::new(Counters::default());
+        let mut h = RngHandler { counters, buf: Vec::new(), broken: false };
+        let irq = CountIrq::default();
+        drain(0, &mut q, &m, &mut h, &irq);
+        assert_eq!(irq.1.load(Ordering::Relaxed), 1, "DEVICE_NEEDS_RESET requested");
+        assert_eq!(q.next_used(), 1, "the good chain before it completed");
+        assert_eq!(irq.0.load(Ordering::Relaxed), 1, "and was signalled");
+        // More chains after that are consumed without being used until the reset.
+        vq.add_desc_chains(&descs, 2).unwrap();
+        drain(0, &mut q, &m, &mut h, &irq);
+        assert_eq!(q.next_used(), 1);
+        assert_eq!(q.next_avail(), 4);
     }
 
     #[test]

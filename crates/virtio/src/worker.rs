@@ -17,6 +17,23 @@ pub trait QueueHandler: Send + 'static {
     /// Handles every available chain of queue `index`; returns whether any was used (so the
     /// driver may need an interrupt). Must never panic on guest data.
     fn process(&mut self, index: u16, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+
+    /// Whether the driver left a queue in a state the device cannot go on from (a used entry
+    /// that cannot be written, e.g. a head index beyond the ring). The worker then asks for a
+    /// reset (DEVICE_NEEDS_RESET) and consumes, without completing, whatever arrives until
+    /// the driver resets the device. Default: never.
+    fn is_broken(&self) -> bool {
+        false
+    }
+}
+
+/// Marks everything the driver made available as seen without using it, so a stopped device
+/// does not look as if it had pending work (the drain loop re-checks the avail index and would
+/// otherwise spin). A broken device ignores its queue this way until reset.
+pub(crate) fn skip_available(queue: &mut Queue, mem: &GuestMemoryMmap) {
+    if let Ok(idx) = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        queue.set_next_avail(idx.0);
+    }
 }
 
 /// Errors starting or stopping a worker.
@@ -136,6 +153,10 @@ pub(crate) fn drain<H: QueueHandler>(
 ) {
     let mut used_any = false;
     loop {
+        if handler.is_broken() {
+            skip_available(queue, mem);
+            return;
+        }
         if !queue_is_sane(queue, mem) {
             ironvirt_vm_bus::guest_warn!(
                 "virtio: queue {index} is in an impossible state (avail index beyond the ring); device needs reset"
@@ -148,6 +169,11 @@ pub(crate) fn drain<H: QueueHandler>(
         }
         let used = handler.process(index, queue, mem);
         used_any |= used;
+        if handler.is_broken() {
+            skip_available(queue, mem);
+            interrupt.device_broken();
+            break;
+        }
         match queue.enable_notification(mem) {
             // More buffers arrived meanwhile. A pass that used nothing ends the loop: the
             // handler found nothing it could take, and looping again would spin.

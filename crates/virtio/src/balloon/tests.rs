@@ -39,7 +39,7 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 }
 
 fn handler(b: &Balloon) -> BalloonHandler {
-    BalloonHandler { shared: b.shared.clone(), held: None, pfns: Vec::new() }
+    BalloonHandler { shared: b.shared.clone(), held: None, pfns: Vec::new(), broken: false }
 }
 
 /// Writes `pfns` at `at` and runs them through queue `index` as chains of `per_chain`.

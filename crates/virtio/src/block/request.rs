@@ -7,7 +7,7 @@
 //! every other malformed request completes with VIRTIO_BLK_S_IOERR or _UNSUPP.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::disk::Disk;
 use super::{features, limits, Counters, SECTOR_SIZE, SERIAL_LEN};
-use crate::worker::QueueHandler;
+use crate::worker::{skip_available, QueueHandler};
 
 /// Most data bytes one IN or OUT request may carry (`size_max * seg_max`); longer requests
 /// complete with VIRTIO_BLK_S_IOERR.
@@ -110,12 +110,6 @@ impl BlockHandler {
             zeroes: None,
             broken: false,
         }
-    }
-
-    /// Whether the device stopped because the queue is unusable.
-    #[cfg(test)]
-    pub(crate) fn is_broken(&self) -> bool {
-        self.broken
     }
 
     fn count(&self, pick: impl Fn(&Counters) -> &AtomicU64, n: u64) {
@@ -349,6 +343,10 @@ impl BlockHandler {
 }
 
 impl QueueHandler for BlockHandler {
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     fn process(&mut self, _index: u16, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         if self.broken {
             skip_available(queue, mem);
@@ -380,14 +378,5 @@ impl QueueHandler for BlockHandler {
             skip_available(queue, mem);
         }
         used
-    }
-}
-
-/// Marks everything the driver made available as seen without using it, so a stopped device
-/// does not look as if it had pending work (the worker's drain loop re-checks the avail index
-/// and would otherwise spin).
-fn skip_available(queue: &mut Queue, mem: &GuestMemoryMmap) {
-    if let Ok(idx) = queue.avail_idx(mem, Ordering::Acquire) {
-        queue.set_next_avail(idx.0);
     }
 }
