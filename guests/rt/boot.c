@@ -167,6 +167,11 @@ void kit_start(const char *name) { kprintf(KIT " %s start\n", name); }
 void kit_done(const char *name)
 {
     kprintf(KIT " %s done\n", name);
+    if (cmdline_u64("hold", 0)) { /* hold=1: stay up (halted) so the host can inspect the VMM */
+        kprintf(KIT " %s holding\n", name);
+        for (;;)
+            __asm__ volatile("cli; hlt");
+    }
     acpi_poweroff();
 }
 

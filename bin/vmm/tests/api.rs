@@ -135,6 +135,41 @@ fn reset_reboots_and_counters_count() {
 }
 
 #[test]
+fn counters_report_each_disks_reads_and_writes() {
+    require_kvm();
+    let dir = temp_dir("disk-counters");
+    let (api, image) = (dir.join("api.sock"), dir.join("disk.raw"));
+    std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    let kernel = kit_guest("vblk.elf");
+    let disk = format!("path={}", image.display());
+    let args = [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "write_sector=1,2,3 hold=1",
+        "--disk",
+        &disk,
+        "--api-socket",
+        api.to_str().unwrap(),
+    ];
+    let mut run = VmmRun::spawn(Path::new(VMM), &args);
+    assert!(run.wait_for("vblk holding", 1, Duration::from_secs(30)), "{}", run.output());
+    let c = Client::new(&api);
+    let counters: VmCounters =
+        serde_json::from_str(&c.call("GET", "/v1/counters").unwrap()).unwrap();
+    run.signal(15);
+    let out = run.wait(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(counters.disks.len(), 1, "{counters:?}");
+    let vda = &counters.disks[0];
+    assert_eq!(vda.name, "vda");
+    // Three one-sector writes, each read back (plus whatever the guest reads first).
+    assert_eq!((vda.write_ops, vda.write_bytes), (3, 3 * 512), "{counters:?}\n{out}");
+    assert!(vda.read_ops >= 3 && vda.read_bytes >= 3 * 512, "{counters:?}\n{out}");
+    assert!(counters.nics.is_empty());
+}
+
+#[test]
 fn bad_requests_get_json_errors_and_the_vmm_keeps_serving() {
     let idle = start_idle("bad", &[]);
     let c = client(&idle);

@@ -193,6 +193,7 @@ impl Supervisor<'_> {
 
     fn counters(&self, machine: &Machine) -> VmCounters {
         let serial = self.persistent.serial.lock().unwrap_or_else(|p| p.into_inner()).counters();
+        let (disks, nics) = machine.io_counters();
         VmCounters {
             vcpus: machine
                 .vcpu_counters()
@@ -205,8 +206,8 @@ impl Supervisor<'_> {
                 })
                 .collect(),
             serial: SerialCounters { tx_bytes: serial.tx_bytes, rx_bytes: serial.rx_bytes },
-            disks: Vec::new(),
-            nics: Vec::new(),
+            disks,
+            nics,
             reboots: self.reboots,
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }

@@ -19,6 +19,8 @@ use ironvirt_vm_bus::{Bus, GuestEventSink, SharedDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
+use ironvirt_api_types::IoCounters;
+
 use crate::interrupts::{BootEvents, EventInterrupt, IntxResampler, IrqLine};
 use crate::vcpu::{run_vcpu, PauseGate, VcpuShared, VcpuStats};
 use crate::VmmError;
@@ -43,6 +45,7 @@ pub(crate) struct Machine {
     threads: Vec<JoinHandle<()>>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
     balloon: Option<BalloonHandle>,
+    io: IoSources,
     /// Re-raises PCI INTx lines after the guest's EOIs, when PCI devices are attached.
     _intx: Option<IntxResampler>,
     /// Keeps the VM (and so its memory) alive until every vCPU thread is gone.
@@ -82,11 +85,12 @@ pub(crate) fn boot(
     // Installing the first memory slot costs milliseconds inside KVM (an SRCU grace period);
     // do the rest of the setup meanwhile. Nothing below needs the slot before KVM_RUN.
     let mut balloon = None;
+    let mut io = IoSources::default();
     let ((pio, mmio, acpi_pm, intx), vcpus) = std::thread::scope(|scope| {
         let registering = scope.spawn(|| vm.register_memory(&memory));
         let setup = (|| {
             vm.setup_platform(KVM_TSS, KVM_IDENTITY_MAP)?;
-            let devices = virtio_devices(cfg, &mut balloon)?;
+            let devices = virtio_devices(cfg, &mut balloon, &mut io)?;
             let mut acpi = AcpiConfig { num_cpus: cfg.cpus, ..Default::default() };
             let windows = crate::pci::windows(&memory);
             if !devices.is_empty() {
@@ -143,13 +147,72 @@ pub(crate) fn boot(
             .map_err(host("a vCPU thread"))?;
         threads.push(handle);
     }
-    Ok(Machine { shared, threads, acpi_pm, balloon, _intx: intx, _vm: vm })
+    Ok(Machine { shared, threads, acpi_pm, balloon, io, _intx: intx, _vm: vm })
 }
 
 /// The virtio devices `cfg` asks for, in PCI slot order.
+/// Readers of the disks' and NICs' counters, in command-line order, for the control API.
+#[derive(Default)]
+pub(crate) struct IoSources {
+    disks: Vec<ironvirt_virtio::block::BlockStatsSource>,
+    nics: Vec<ironvirt_virtio::net::NetStatsSource>,
+}
+
+/// The name Linux gives the `index`th virtio disk: vda..vdz, vdaa..
+fn disk_name(index: usize) -> String {
+    let mut suffix = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        suffix.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    suffix.reverse();
+    format!("vd{}", String::from_utf8_lossy(&suffix))
+}
+
+impl IoSources {
+    /// Per-disk then per-NIC counters: reads and writes for disks, received and transmitted
+    /// frames for NICs.
+    pub(crate) fn counters(&self) -> (Vec<IoCounters>, Vec<IoCounters>) {
+        let disks = self
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let s = d.stats();
+                IoCounters {
+                    name: disk_name(i),
+                    read_ops: s.reads,
+                    read_bytes: s.bytes_read,
+                    write_ops: s.writes,
+                    write_bytes: s.bytes_written,
+                }
+            })
+            .collect();
+        let nics = self
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let s = n.stats();
+                IoCounters {
+                    name: format!("net{i}"),
+                    read_ops: s.rx_frames,
+                    read_bytes: s.rx_bytes,
+                    write_ops: s.tx_frames,
+                    write_bytes: s.tx_bytes,
+                }
+            })
+            .collect();
+        (disks, nics)
+    }
+}
+
 fn virtio_devices(
     cfg: &VmConfig,
     balloon: &mut Option<BalloonHandle>,
+    io: &mut IoSources,
 ) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     if let Some(v) = &cfg.vsock {
@@ -182,6 +245,7 @@ fn virtio_devices(
             name: "virtio-blk",
             reason: crate::exit::error_chain(&e),
         })?;
+        io.disks.push(block.stats_source());
         devices.push(Box::new(block));
     }
     for nic in &cfg.nets {
@@ -193,6 +257,7 @@ fn virtio_devices(
             name: "virtio-net",
             reason: crate::exit::error_chain(&e),
         })?;
+        io.nics.push(net.stats_source());
         devices.push(Box::new(net));
     }
     if cfg.balloon {
@@ -305,6 +370,11 @@ impl Machine {
         handle.set_target_pages(pages).map_err(|e| format!("Cannot update the balloon: {e}"))
     }
 
+    /// Per-disk and per-NIC I/O counters.
+    pub(crate) fn io_counters(&self) -> (Vec<IoCounters>, Vec<IoCounters>) {
+        self.io.counters()
+    }
+
     /// Per-vCPU counters: (exits, thread CPU time in ns).
     pub(crate) fn vcpu_counters(&self) -> Vec<(u64, u64)> {
         self.shared
@@ -347,4 +417,15 @@ fn thread_cpu_ns(tid: u32) -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disk_name;
+
+    #[test]
+    fn disks_are_named_as_linux_names_them() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 701, 702].into_iter().map(disk_name).collect();
+        assert_eq!(names, ["vda", "vdb", "vdz", "vdaa", "vdab", "vdzz", "vdaaa"]);
+    }
 }

@@ -266,6 +266,32 @@ impl Counters {
     }
 }
 
+/// Reads a disk's counters (see [`Block::stats_source`]).
+#[derive(Clone)]
+pub struct BlockStatsSource(Arc<Counters>);
+
+impl BlockStatsSource {
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> BlockStats {
+        let c = &*self.0;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BlockStats {
+            requests: get(&c.requests),
+            reads: get(&c.reads),
+            writes: get(&c.writes),
+            bytes_read: get(&c.bytes_read),
+            bytes_written: get(&c.bytes_written),
+            flushes: get(&c.flushes),
+            host_syncs: get(&c.host_syncs),
+            discards: get(&c.discards),
+            write_zeroes: get(&c.write_zeroes),
+            errors: get(&c.errors),
+            unsupported: get(&c.unsupported),
+            malformed: get(&c.malformed),
+        }
+    }
+}
+
 /// A snapshot of a disk's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockStats {
@@ -349,22 +375,12 @@ impl Block {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> BlockStats {
-        let c = &*self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        BlockStats {
-            requests: get(&c.requests),
-            reads: get(&c.reads),
-            writes: get(&c.writes),
-            bytes_read: get(&c.bytes_read),
-            bytes_written: get(&c.bytes_written),
-            flushes: get(&c.flushes),
-            host_syncs: get(&c.host_syncs),
-            discards: get(&c.discards),
-            write_zeroes: get(&c.write_zeroes),
-            errors: get(&c.errors),
-            unsupported: get(&c.unsupported),
-            malformed: get(&c.malformed),
-        }
+        self.stats_source().stats()
+    }
+
+    /// A handle that reads the counters after the device moved behind its transport.
+    pub fn stats_source(&self) -> BlockStatsSource {
+        BlockStatsSource(self.counters.clone())
     }
 
     fn handler(&self, negotiated: u64) -> BlockHandler {

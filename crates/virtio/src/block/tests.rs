@@ -12,9 +12,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{req_type, status, BlockHandler};
-use crate::worker::QueueHandler;
 use super::*;
 use crate::worker::drain;
+use crate::worker::QueueHandler;
 use crate::VirtioInterrupt;
 
 const F_NEXT: u16 = 1;

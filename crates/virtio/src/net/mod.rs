@@ -130,7 +130,23 @@ impl Net {
 
     /// Current counters.
     pub fn stats(&self) -> NetStats {
-        let c = &self.counters;
+        self.stats_source().stats()
+    }
+
+    /// A handle that reads the counters after the device moved behind its transport.
+    pub fn stats_source(&self) -> NetStatsSource {
+        NetStatsSource(self.counters.clone())
+    }
+}
+
+/// Reads a NIC's counters (see [`Net::stats_source`]).
+#[derive(Clone)]
+pub struct NetStatsSource(Arc<Counters>);
+
+impl NetStatsSource {
+    /// Current counters.
+    pub fn stats(&self) -> NetStats {
+        let c = &*self.0;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         NetStats {
             rx_frames: get(&c.rx_frames),
