@@ -1,14 +1,19 @@
 //! Moving frames between the queues and the TAP: the transmit queue's chains become TAP writes,
-//! TAP reads become receive-queue buffers (virtio 1.2 §5.1.6). At most one frame read from the
-//! TAP waits here for guest buffers; while it waits nothing more is read.
+//! TAP reads become receive-queue buffers (virtio 1.2 §5.1.6). A frame is read straight into
+//! the next receive chain when that chain is usable; one longer than the chain continues into a
+//! host buffer and is then placed like a frame read without a chain (over more chains with
+//! MRG_RXBUF). At most one frame read from the TAP waits here for guest buffers; while it waits
+//! nothing more is read.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ironvirt_net::Tap;
+use ironvirt_sys_util::scatter::{read_into_guest, MAX_GUEST_SEGMENTS};
 use virtio_queue::{Queue, QueueT, Writer};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::header::{
     features, sanitize_rx_header, tx_header_ok, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN,
@@ -25,11 +30,47 @@ pub(crate) trait FrameIo: Send + 'static {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame (header first).
     fn send(&mut self, frame: &[u8]) -> io::Result<usize>;
+
+    /// Reads one frame (header first) into the guest `ranges` in order and then into `tail`;
+    /// returns the frame's whole length, more than the room given if it was truncated.
+    /// `InvalidInput`, with nothing read, when a range is not guest memory. This default (for
+    /// test doubles) reads into a host buffer and copies.
+    fn recv_into_guest(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        ranges: &[(GuestAddress, usize)],
+        tail: &mut [u8],
+    ) -> io::Result<usize> {
+        if !ranges.iter().all(|&(addr, len)| mem.check_range(addr, len)) {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let mut frame = vec![0; FRAME_BUF_LEN];
+        let n = self.recv(&mut frame)?;
+        let mut rest = &frame[..n.min(FRAME_BUF_LEN)];
+        for &(addr, len) in ranges {
+            let (here, next) = rest.split_at(len.min(rest.len()));
+            mem.write_slice(here, addr)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            rest = next;
+        }
+        let k = rest.len().min(tail.len());
+        tail[..k].copy_from_slice(&rest[..k]);
+        Ok(n)
+    }
 }
 
 impl FrameIo for Arc<Tap> {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read_frame(buf)
+    }
+
+    fn recv_into_guest(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        ranges: &[(GuestAddress, usize)],
+        tail: &mut [u8],
+    ) -> io::Result<usize> {
+        read_into_guest(self.as_fd(), mem, ranges, tail)
     }
 
     fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
@@ -72,6 +113,20 @@ enum Delivery {
     NoBuffers,
 }
 
+/// What getting the next frame from the TAP did.
+enum Fetch {
+    /// Read straight into a receive chain and published.
+    Delivered,
+    /// Read and dropped (counted by the caller).
+    Dropped,
+    /// Read into `rx_buf`: `rx_pending` is set and the frame still needs buffers.
+    Pending,
+    /// Interrupted by a signal; nothing read.
+    Again,
+    /// Nothing read: the pass ends.
+    Stop(RxStop),
+}
+
 /// The worker-side state of one virtio-net device.
 pub(crate) struct NetHandler<B> {
     io: B,
@@ -81,6 +136,8 @@ pub(crate) struct NetHandler<B> {
     rx_buf: Vec<u8>,
     /// Length of the frame in `rx_buf` still waiting for guest buffers (0: none).
     rx_pending: usize,
+    /// The writable pieces of the receive chain a frame is read into (kept for its capacity).
+    rx_ranges: Vec<(GuestAddress, usize)>,
 }
 
 fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) {
@@ -98,6 +155,7 @@ impl<B: FrameIo> NetHandler<B> {
             tx_buf: vec![0; FRAME_BUF_LEN],
             rx_buf: vec![0; FRAME_BUF_LEN],
             rx_pending: 0,
+            rx_ranges: Vec::with_capacity(MAX_GUEST_SEGMENTS),
         }
     }
 
@@ -190,20 +248,22 @@ impl<B: FrameIo> NetHandler<B> {
         let mut used = false;
         for _ in 0..RX_BUDGET {
             if self.rx_pending == 0 {
-                match self.io.recv(&mut self.rx_buf) {
-                    Ok(n) if n < HDR_LEN + ETH_HLEN => {
+                let fetch = match self.fetch_direct(queue, mem) {
+                    Some(fetch) => fetch,
+                    None => self.fetch_into_rx_buf(),
+                };
+                match fetch {
+                    Fetch::Delivered => {
+                        used = true;
+                        continue;
+                    }
+                    Fetch::Dropped => {
                         bump(&self.counters.rx_dropped, 1);
                         continue;
                     }
-                    Ok(n) => self.rx_pending = n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return (RxStop::TapEmpty, used)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        ironvirt_vm_bus::guest_warn!("virtio-net: TAP read failed: {e}");
-                        return (RxStop::TapError, used);
-                    }
+                    Fetch::Pending => {}
+                    Fetch::Again => continue,
+                    Fetch::Stop(stop) => return (stop, used),
                 }
             }
             match self.deliver(queue, mem, &mut used) {
@@ -216,6 +276,110 @@ impl<B: FrameIo> NetHandler<B> {
             }
         }
         (RxStop::Budget, used)
+    }
+
+    /// Reads the next frame into `rx_buf` (no chain to read it into, or one [`Self::deliver`]
+    /// must judge).
+    fn fetch_into_rx_buf(&mut self) -> Fetch {
+        match self.io.recv(&mut self.rx_buf) {
+            // Shorter than a header, or truncated (longer than any frame we take).
+            Ok(n) if n < HDR_LEN + ETH_HLEN || n > self.rx_buf.len() => Fetch::Dropped,
+            Ok(n) => {
+                self.rx_pending = n;
+                Fetch::Pending
+            }
+            Err(e) => self.read_error(e),
+        }
+    }
+
+    fn read_error(&self, e: io::Error) -> Fetch {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Fetch::Stop(RxStop::TapEmpty),
+            io::ErrorKind::Interrupted => Fetch::Again,
+            _ => {
+                ironvirt_vm_bus::guest_warn!("virtio-net: TAP read failed: {e}");
+                Fetch::Stop(RxStop::TapError)
+            }
+        }
+    }
+
+    /// Reads the next frame straight into the next receive chain (no copy through `rx_buf`),
+    /// and publishes it when it fits that chain. `None`, with the chain given back and nothing
+    /// read, when there is no chain or it is one [`Self::deliver`] must judge (too short for
+    /// the header in its first piece, too many pieces, not writable guest memory).
+    fn fetch_direct(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Option<Fetch> {
+        let start = queue.next_avail();
+        let chain = queue.pop_descriptor_chain(mem)?;
+        let head = chain.head_index();
+        self.rx_ranges.clear();
+        let mut capacity = 0usize;
+        let mut usable = true;
+        for desc in chain.writable() {
+            let len = desc.len() as usize; // u32 fits usize on our 64-bit hosts
+            if self.rx_ranges.len() == MAX_GUEST_SEGMENTS {
+                usable = false;
+                break;
+            }
+            capacity = capacity.saturating_add(len);
+            self.rx_ranges.push((desc.addr(), len));
+        }
+        if !usable || self.rx_ranges.first().is_none_or(|&(_, len)| len < HDR_LEN) {
+            queue.set_next_avail(start);
+            return None;
+        }
+        // The room in the chain, then the rest of `rx_buf` for a frame longer than the chain.
+        let room = capacity.min(FRAME_BUF_LEN);
+        let n = match self.io.recv_into_guest(mem, &self.rx_ranges, &mut self.rx_buf[room..]) {
+            Ok(n) => n,
+            Err(e) => {
+                queue.set_next_avail(start);
+                if e.kind() == io::ErrorKind::InvalidInput {
+                    return None; // nothing was read
+                }
+                return Some(self.read_error(e));
+            }
+        };
+        if !(HDR_LEN + ETH_HLEN..=FRAME_BUF_LEN).contains(&n) {
+            queue.set_next_avail(start);
+            return Some(Fetch::Dropped);
+        }
+        if n > capacity {
+            // Longer than the chain: gather the frame in `rx_buf` and place it like one read
+            // there, over more chains if MRG_RXBUF allows (the chain is given back for it).
+            queue.set_next_avail(start);
+            return Some(self.gather_from_guest(mem, n));
+        }
+        let addr = self.rx_ranges[0].0;
+        let mut hdr = [0u8; HDR_LEN];
+        if mem.read_slice(&mut hdr, addr).is_err() || !sanitize_rx_header(&mut hdr, self.features) {
+            queue.set_next_avail(start);
+            return Some(Fetch::Dropped);
+        }
+        hdr[NUM_BUFFERS_OFFSET..].copy_from_slice(&1u16.to_le_bytes());
+        if mem.write_slice(&hdr, addr).is_err() {
+            queue.set_next_avail(start);
+            return Some(Fetch::Dropped);
+        }
+        // Counted before the used ring moves, so whoever sees the frame also sees it counted.
+        bump(&self.counters.rx_frames, 1);
+        bump(&self.counters.rx_bytes, (n - HDR_LEN) as u64);
+        // n <= FRAME_BUF_LEN fits u32.
+        add_used(queue, mem, head, n as u32);
+        Some(Fetch::Delivered)
+    }
+
+    /// Copies the part of an `n`-byte frame that went into the chain (`rx_ranges`) back in
+    /// front of the part that went into `rx_buf`, making it the pending frame.
+    fn gather_from_guest(&mut self, mem: &GuestMemoryMmap, n: usize) -> Fetch {
+        let mut offset = 0usize;
+        for &(addr, len) in &self.rx_ranges {
+            if mem.read_slice(&mut self.rx_buf[offset..offset + len], addr).is_err() {
+                return Fetch::Dropped;
+            }
+            offset += len;
+        }
+        self.rx_pending = n;
+        Fetch::Pending
     }
 
     /// Places the pending frame into one receive chain, or with MRG_RXBUF into as many as it

@@ -7,7 +7,7 @@
 //! buffers the TAP is not read, so host memory stays bounded whatever the guest does.
 //!
 //! Threads: the device (features, config space, activation) is driven by the transport on a
-//! vCPU thread; frames move on the device's own worker thread ([`event_loop`]).
+//! vCPU thread; frames move on the device's own worker thread (`event_loop`).
 
 mod event_loop;
 mod fuzz;

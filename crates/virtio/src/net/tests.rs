@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::fuzz::FakeTap;
-use super::handler::{Counters, NetHandler, RxStop};
+use super::handler::{Counters, NetHandler, RxStop, RX_BUDGET};
 use super::header::{features::*, GSO_TCPV4, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_LEN};
 
 const NEXT: u16 = 1;
@@ -309,6 +309,109 @@ fn rx_headers_follow_the_negotiated_offloads() {
     want[10] = 1;
     assert_eq!(read(&m, BUF, HDR_LEN), want, "no checksum flags without GUEST_CSUM");
     assert_eq!(get(&c.rx_dropped), 2);
+}
+
+#[test]
+fn a_header_split_over_descriptors_still_lands_and_later_frames_go_straight_into_chains() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let descs = [
+        desc(BUF, 8, WRITE | NEXT, 1), // shorter than the header: the frame takes the copy path
+        desc(BUF + 0x1000, 1000, WRITE, 0),
+        desc(BUF + 0x2000, 1526, WRITE, 0),
+    ];
+    vq.add_desc_chains(&descs, 0).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (f1, f2) = (eth_frame(60, 1), eth_frame(300, 2));
+    let frames = vec![with_hdr([0; HDR_LEN], &f1), with_hdr([0; HDR_LEN], &f2)];
+    let (mut h, c) = handler(0, frames);
+
+    assert_eq!(h.process_rx(&mut q, &m), (RxStop::TapEmpty, true));
+
+    let mut want_hdr = [0u8; HDR_LEN];
+    want_hdr[10] = 1;
+    assert_eq!(used_elem(&m, &vq, 0), (0, 72));
+    let mut got = read(&m, BUF, 8);
+    got.extend(read(&m, BUF + 0x1000, 64));
+    assert_eq!(got, with_hdr(want_hdr, &f1));
+    assert_eq!(used_elem(&m, &vq, 1), (2, 312));
+    assert_eq!(read(&m, BUF + 0x2000, 312), with_hdr(want_hdr, &f2));
+    assert_eq!((get(&c.rx_frames), get(&c.rx_bytes)), (2, 360));
+}
+
+#[test]
+fn with_mrg_rxbuf_a_frame_filling_its_chain_exactly_uses_one_and_one_byte_more_uses_two() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let bufs: Vec<u64> = (0..3).map(|i| BUF + i * 0x1000).collect();
+    let descs: Vec<_> = bufs.iter().map(|&a| desc(a, 100, WRITE, 0)).collect();
+    vq.add_desc_chains(&descs, 0).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let (exact, over) = (eth_frame(100 - HDR_LEN, 1), eth_frame(101 - HDR_LEN, 2));
+    let frames = vec![with_hdr([0; HDR_LEN], &exact), with_hdr([0; HDR_LEN], &over)];
+    let (mut h, c) = handler(MRG_RXBUF, frames);
+
+    h.process_rx(&mut q, &m);
+
+    let lens: Vec<_> = (0..3).map(|i| used_elem(&m, &vq, i)).collect();
+    assert_eq!(lens, [(0, 100), (1, 100), (2, 1)]);
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[10] = 1;
+    assert_eq!(read(&m, bufs[0], 100), with_hdr(hdr, &exact));
+    hdr[10] = 2;
+    let mut got = read(&m, bufs[1], 100);
+    got.extend(read(&m, bufs[2], 1));
+    assert_eq!(got, with_hdr(hdr, &over));
+    assert_eq!((get(&c.rx_frames), get(&c.rx_dropped)), (2, 0));
+}
+
+#[test]
+fn a_frame_read_into_a_chain_with_an_offload_not_negotiated_is_dropped_and_the_chain_reused() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    vq.add_desc_chains(&[desc(BUF, 1526, WRITE, 0)], 0).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let mut gso_hdr = [0u8; HDR_LEN];
+    gso_hdr[0] = HDR_F_NEEDS_CSUM;
+    gso_hdr[1] = GSO_TCPV4;
+    let good = eth_frame(80, 9);
+    let frames = vec![with_hdr(gso_hdr, &eth_frame(1400, 8)), with_hdr([0; HDR_LEN], &good)];
+    let (mut h, c) = handler(GUEST_CSUM, frames);
+
+    h.process_rx(&mut q, &m);
+
+    assert_eq!(q.next_used(), 1);
+    assert_eq!(used_elem(&m, &vq, 0), (0, 92), "the good frame took the same chain");
+    let mut want_hdr = [0u8; HDR_LEN];
+    want_hdr[10] = 1;
+    assert_eq!(read(&m, BUF, 92), with_hdr(want_hdr, &good));
+    assert_eq!((get(&c.rx_frames), get(&c.rx_dropped)), (1, 1));
+}
+
+#[test]
+fn one_pass_handles_at_most_the_budget_and_then_holds_one_frame_when_chains_run_out() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let descs: Vec<_> = (0..6).map(|i| desc(BUF + i * 0x800, 2048, WRITE, 0)).collect();
+    vq.add_desc_chains(&descs, 0).unwrap();
+    let mut q: Queue = vq.create_queue().unwrap();
+    let short = RX_BUDGET - 4;
+    let mut frames = vec![vec![0; HDR_LEN + 5]; short]; // dropped, but handled in the pass
+    frames.extend((0..8).map(|i| with_hdr([0; HDR_LEN], &eth_frame(1400, i))));
+    let (mut h, c) = handler(MRG_RXBUF, frames);
+
+    assert_eq!(h.process_rx(&mut q, &m), (RxStop::Budget, true));
+    assert_eq!((q.next_used(), get(&c.rx_dropped)), (4, short as u64));
+    assert_eq!(h.process_rx(&mut q, &m), (RxStop::NoBuffers, true));
+
+    assert_eq!(q.next_used(), 6);
+    assert!(h.has_pending_frame());
+    assert_eq!(h.io_mut().frames.len(), 1, "one frame held, the last left in the TAP");
+    for i in 0..6u64 {
+        assert_eq!(used_elem(&m, &vq, i), (i as u32, 1412));
+        assert_eq!(read(&m, BUF + i * 0x800 + HDR_LEN as u64 + 14, 1)[0], i as u8);
+    }
+    assert_eq!(get(&c.rx_frames), 6);
 }
 
 #[test]
