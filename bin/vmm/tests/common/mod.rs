@@ -250,29 +250,22 @@ fn vsock_host_side(
     }
     let data = host_pattern(VSOCK_BYTES);
     let mut h2g = connect_to_guest(socket, VSOCK_GUEST_PORT)?;
-    let echoed = exchange(&mut h2g, &data)?;
-    if echoed != data {
-        return Err(format!(
-            "host->guest echo differs: {} bytes back of {}",
-            echoed.len(),
-            data.len()
-        ));
-    }
+    same_echo("host->guest", &exchange(&mut h2g, &data)?, &data)?;
     let mut s = accept_within(g2h, VSOCK_IO_TIMEOUT)?;
     let mut from_guest = vec![0u8; VSOCK_BYTES];
     s.read_exact(&mut from_guest).map_err(|e| format!("reading the guest's data: {e}"))?;
     if let Some(i) = (0..VSOCK_BYTES).find(|&i| from_guest[i] != (i % 251) as u8) {
         return Err(format!("guest data differs from its pattern at byte {i}"));
     }
-    let echoed = exchange(&mut s, &data)?;
-    if echoed != data {
-        return Err(format!(
-            "guest->host echo differs: {} bytes back of {}",
-            echoed.len(),
-            data.len()
-        ));
+    same_echo("guest->host", &exchange(&mut s, &data)?, &data)
+}
+
+fn same_echo(connection: &str, echoed: &[u8], sent: &[u8]) -> Result<(), String> {
+    if echoed == sent {
+        return Ok(());
     }
-    Ok(())
+    let (back, len) = (echoed.len(), sent.len());
+    Err(format!("{connection} echo differs: {back} bytes back of {len}"))
 }
 
 /// One boot, both directions over virtio-vsock with the guest's `vsock-echo`: the host connects
