@@ -1,25 +1,43 @@
 //! Tests that need hardware virtualization (VT-x/AMD-V): the unmodified Debian cloud kernel
-//! (built into a guest by `guests/linux/build.sh --stock`) and the full portable CPU template.
+//! (built into a guest by `guests/linux/build.sh --stock`): configuration, reboot and the
+//! device scenarios shared with `linux.rs` (`common`: virtio-rng, virtio-blk raw and qcow2,
+//! ping and TCP over a TAP, vsock echo), and the full portable CPU template.
 //! On software-nested KVM (kvm_pvm) the stock kernel dies in KVM's instruction emulator and
 //! most CPUID bits come from the host CPU, so there every test prints
 //! `skipped: needs hardware virtualization` and counts as ignored, never as passed.
 
+mod common;
+
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ironvirt_test_support::{kit_guest, kvm_backing, linux_guest, KvmBacking, VmmRun};
+use common::{strs, Kernel, VMM};
+use ironvirt_test_support::{kit_guest, kvm_backing, KvmBacking, VmmRun};
 
-const VMM: &str = env!("CARGO_BIN_EXE_ironvirt-vmm");
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 type Test = (&'static str, fn() -> Result<(), String>);
 
 fn main() {
-    let tests: [Test; 4] = [
+    let tests: [Test; 9] = [
         ("stock_kernel_one_vcpu_sees_its_configuration", || stock_configuration("1")),
         ("stock_kernel_two_vcpus_see_their_configuration", || stock_configuration("2")),
         ("stock_kernel_reboots_in_the_same_process", stock_reboot),
         ("portable_template_hides_xsave_popcnt_smap_in_the_guest", portable_template),
+        ("stock_kernel_reads_bytes_from_dev_hwrng_over_intx", || {
+            stock(common::virtio_rng_over_intx_feeds_dev_hwrng)
+        }),
+        ("stock_kernel_makes_a_filesystem_on_a_virtio_disk", || {
+            stock(common::mkfs_on_a_virtio_disk)
+        }),
+        ("stock_kernel_uses_a_qcow2_root_over_an_unchanged_backing_file", || {
+            stock(common::qcow2_root_over_an_unchanged_backing_file)
+        }),
+        ("stock_kernel_pings_and_moves_10_mib_each_way_over_a_tap", || {
+            stock(common::ping_and_10_mib_each_way_over_a_tap)
+        }),
+        ("stock_kernel_echoes_over_vsock_both_ways", || stock(common::vsock_echo_both_ways)),
     ];
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let selected: Vec<&Test> = tests
@@ -55,16 +73,22 @@ fn main() {
     std::process::exit(i32::from(failed > 0));
 }
 
+/// Runs one of the device scenarios shared with `linux.rs` on the stock kernel; they report
+/// failures by panicking, with the VMM's output in the message.
+fn stock(scenario: fn(Kernel)) -> Result<(), String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| scenario(Kernel::Stock))).map_err(|e| {
+        let msg = e.downcast_ref::<String>().cloned();
+        msg.or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the scenario panicked".to_string())
+    })
+}
+
 fn stock_initramfs(script: &str, tag: &str) -> PathBuf {
-    linux_guest(true).initramfs_with_script(script, tag)
+    Kernel::Stock.initramfs(script, &[], tag)
 }
 
 fn stock_args(initramfs: &Path, cpus: &str) -> Vec<String> {
-    linux_guest(true).vmm_args(initramfs, cpus, "512M")
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+    Kernel::Stock.args(initramfs, cpus)
 }
 
 fn ensure(cond: bool, what: &str, out: &impl std::fmt::Display) -> Result<(), String> {

@@ -55,6 +55,12 @@ pub fn kit_guest(name: &str) -> PathBuf {
     path
 }
 
+/// A static user-space program for the Linux test guests (`guests/linux/tools/NAME.c`, built
+/// by the kit's Makefile), to add to an initramfs with [`LinuxGuest::initramfs_with_files`].
+pub fn linux_tool(name: &str) -> PathBuf {
+    kit_guest(&format!("linux/{name}"))
+}
+
 /// A Linux guest prepared by `guests/linux/build.sh`.
 #[derive(Clone, Debug)]
 pub struct LinuxGuest {
@@ -70,8 +76,31 @@ impl LinuxGuest {
     /// A copy of the guest's initramfs with `script` appended as `/test.sh` in a second cpio
     /// archive (the guest's /init runs it, then powers off). `tag` names the temporary file.
     pub fn initramfs_with_script(&self, script: &str, tag: &str) -> PathBuf {
+        self.initramfs_with_files(script, &[], tag)
+    }
+
+    /// Like [`LinuxGuest::initramfs_with_script`], also adding each host file of `files` as an
+    /// executable at the given guest path (relative to `/`, in an existing directory), e.g.
+    /// `("vsock-echo", &linux_tool("vsock-echo"))`.
+    pub fn initramfs_with_files(
+        &self,
+        script: &str,
+        files: &[(&str, &Path)],
+        tag: &str,
+    ) -> PathBuf {
         let mut image = std::fs::read(&self.initramfs).expect("initramfs readable");
-        image.extend(newc_archive(&[("test.sh", 0o100755, script.as_bytes())]));
+        let contents: Vec<Vec<u8>> = files
+            .iter()
+            .map(|(_, host)| {
+                std::fs::read(host)
+                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", host.display()))
+            })
+            .collect();
+        let mut entries = vec![("test.sh", 0o100755, script.as_bytes())];
+        entries.extend(
+            files.iter().zip(&contents).map(|((guest, _), data)| (*guest, 0o100755, &data[..])),
+        );
+        image.extend(newc_archive(&entries));
         let path = std::env::temp_dir().join(format!("ironvirt-{tag}-{}.cpio", std::process::id()));
         std::fs::write(&path, image).expect("temp dir writable");
         path

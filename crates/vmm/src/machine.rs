@@ -424,7 +424,7 @@ mod tests {
     use super::disk_name;
 
     #[test]
-    fn disks_are_named_as_linux_names_them() {
+    fn disks_are_named_vda_vdb_as_the_guest_sees_them() {
         let names: Vec<String> = [0, 1, 25, 26, 27, 701, 702].into_iter().map(disk_name).collect();
         assert_eq!(names, ["vda", "vdb", "vdz", "vdaa", "vdab", "vdzz", "vdaaa"]);
     }
