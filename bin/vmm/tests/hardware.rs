@@ -39,10 +39,11 @@ fn main() {
         }),
         ("stock_kernel_echoes_over_vsock_both_ways", || stock(common::vsock_echo_both_ways)),
     ];
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let (filter, skip) = test_args(std::env::args().skip(1));
     let selected: Vec<&Test> = tests
         .iter()
         .filter(|(n, _)| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str())))
+        .filter(|(n, _)| !skip.iter().any(|s| n.contains(s.as_str())))
         .collect();
     println!("\nrunning {} tests", selected.len());
     let backing = kvm_backing();
@@ -81,6 +82,29 @@ fn stock(scenario: fn(Kernel)) -> Result<(), String> {
         msg.or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "the scenario panicked".to_string())
     })
+}
+
+/// libtest's arguments as far as this harness needs them: name filters, and `--skip NAME`
+/// (also `--skip=NAME`); other options and the values of those that take one are ignored.
+fn test_args(args: impl Iterator<Item = String>) -> (Vec<String>, Vec<String>) {
+    const WITH_VALUE: [&str; 6] =
+        ["--skip", "--test-threads", "--format", "--color", "--logfile", "-Z"];
+    let (mut filter, mut skip) = (Vec::new(), Vec::new());
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        if let Some(name) = arg.strip_prefix("--skip=") {
+            skip.push(name.to_string());
+        } else if WITH_VALUE.contains(&arg.as_str()) {
+            if let Some(value) = args.next() {
+                if arg == "--skip" {
+                    skip.push(value);
+                }
+            }
+        } else if !arg.starts_with('-') {
+            filter.push(arg);
+        }
+    }
+    (filter, skip)
 }
 
 fn stock_initramfs(script: &str, tag: &str) -> PathBuf {
