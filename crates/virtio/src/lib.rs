@@ -15,6 +15,8 @@ pub mod block;
 pub mod net;
 pub mod pci;
 pub mod rng;
+#[cfg(test)]
+mod test_util;
 pub mod vsock;
 mod worker;
 

@@ -142,10 +142,9 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{desc, CountIrq};
     use crate::worker::drain;
-    use crate::VirtioInterrupt;
-    use std::sync::atomic::AtomicUsize;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::QueueT;
     use vm_memory::{Address, Bytes, GuestAddress};
@@ -153,27 +152,8 @@ mod tests {
     const VRING_DESC_F_NEXT: u16 = 1;
     const VRING_DESC_F_WRITE: u16 = 2;
 
-    #[derive(Default)]
-    struct CountIrq(AtomicUsize, AtomicUsize);
-    impl VirtioInterrupt for CountIrq {
-        fn notify_queue(&self, _: u16) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-        fn notify_config(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn device_broken(&self) {
-            self.1.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
     }
 
     fn run(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> (Queue, Arc<Counters>, usize) {

@@ -1,6 +1,7 @@
 use std::sync::atomic::AtomicUsize;
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use crate::test_util::desc;
+use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes};
 
@@ -32,10 +33,6 @@ impl VirtioInterrupt for CountIrq {
 
 fn mem(size: u64) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
-}
-
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
 fn handler(b: &Balloon) -> BalloonHandler {

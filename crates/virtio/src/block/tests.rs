@@ -2,7 +2,6 @@
 //! temporary raw and qcow2 images.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 
 use imago::qcow2::Qcow2;
 use imago::{FormatCreateBuilder, Storage, StorageCreateOptions};
@@ -13,9 +12,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{req_type, status, BlockHandler};
 use super::*;
+use crate::test_util::{desc, CountIrq};
 use crate::worker::drain;
 use crate::worker::QueueHandler;
-use crate::VirtioInterrupt;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
@@ -27,28 +26,8 @@ const TABLE: u64 = 0x1c_0000;
 const DATA: u64 = 0x20_0000;
 const MEM_SIZE: usize = 0x400_0000; // 64 MiB
 
-#[derive(Default)]
-struct CountIrq(AtomicUsize, AtomicUsize);
-
-impl VirtioInterrupt for CountIrq {
-    fn notify_queue(&self, _: u16) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-    fn notify_config(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn device_broken(&self) {
-        self.1.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
 fn pattern(sector: u64, n: usize) -> Vec<u8> {
@@ -848,7 +827,6 @@ fn an_avail_index_running_ahead_stops_the_device_without_panicking() {
     assert_eq!(q.next_used(), 0);
     // The handler on its own also stops, and stays stopped (without spinning) even once the
     // index looks sane again.
-    use crate::worker::QueueHandler;
     assert!(!h.process(0, &mut q, &m));
     assert!(h.is_broken());
     vq.avail().idx().store(1u16.to_le());

@@ -1,5 +1,6 @@
 //! Handler tests with crafted queues and a fake TAP (no privileges needed).
 
+use crate::test_util::desc;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,10 +21,6 @@ const BUF: u64 = 0x10_0000;
 
 fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
-}
-
-fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
 /// An Ethernet frame of `len` bytes (ethertype 0x88b5, local experimental) tagged with `seq`.
