@@ -181,6 +181,8 @@ pub enum ConfigWriteEffect {
     /// The MSI-X message control register was written; the new value (enable bit 15,
     /// function mask bit 14) must be passed to [`crate::MsixConfig::set_message_control`].
     MsixControl(u16),
+    /// The command register was written; its new value (e.g. Interrupt Disable, bit 10).
+    Command(u16),
 }
 
 /// Where a function's MSI-X table and PBA live (PCI 3.0 §6.8.2.4-6.8.2.5).
@@ -287,6 +289,9 @@ impl ConfigSpace {
         if (BAR0 / 4..BAR0 / 4 + NUM_BARS).contains(&reg) {
             let sizing = data.len() == 4 && value == u32::MAX;
             return self.bar_written(reg - BAR0 / 4, sizing);
+        }
+        if reg == COMMAND / 4 && byte_mask & 0xffff != 0 {
+            return ConfigWriteEffect::Command(self.regs[reg] as u16);
         }
         if let Some(cap) = self.msix_cap {
             // Message control is bytes 2..4 of the capability's first dword.

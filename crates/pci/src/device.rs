@@ -44,7 +44,8 @@ pub trait PciDevice: Send {
     }
 
     /// Writes `data` at byte `offset` of dword register `reg`. Returns the BAR move to apply,
-    /// if any; forwards MSI-X control writes to [`PciDevice::msix_control_written`].
+    /// if any; forwards MSI-X control writes to [`PciDevice::msix_control_written`] and
+    /// command writes to [`PciDevice::command_written`].
     fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) -> Option<BarReprogram> {
         match self.config_mut().write(reg, offset, data) {
             ConfigWriteEffect::BarMoved(reprogram) => Some(reprogram),
@@ -52,9 +53,17 @@ pub trait PciDevice: Send {
                 self.msix_control_written(control);
                 None
             }
-            _ => None,
+            ConfigWriteEffect::Command(command) => {
+                self.command_written(command);
+                None
+            }
+            ConfigWriteEffect::None => None,
         }
     }
+
+    /// The guest wrote the command register (now `command`). No-op by default; a function
+    /// with an INTx pin honours Interrupt Disable (bit 10) here.
+    fn command_written(&mut self, _command: u16) {}
 
     /// The guest wrote the MSI-X message control register; pass it to
     /// [`crate::MsixConfig::set_message_control`]. No-op by default.

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ironvirt_pci::{
-    BarKind, BarReprogram, ConfigSpace, ConfigWriteEffect, InterruptPin, IoEventSpec, MsiSink,
-    MsixConfig, PciDevice, PciError, PciIds,
+    BarKind, ConfigSpace, InterruptPin, IoEventSpec, MsiSink, MsixConfig, PciDevice, PciError,
+    PciIds,
 };
 use ironvirt_vm_bus::{guest_debug, LevelInterrupt};
 use virtio_queue::{Queue, QueueT};
@@ -513,19 +513,8 @@ impl PciDevice for VirtioPciDevice {
         &mut self.config
     }
 
-    fn write_config(&mut self, reg: usize, offset: usize, data: &[u8]) -> Option<BarReprogram> {
-        let effect = match self.config.write(reg, offset, data) {
-            ConfigWriteEffect::BarMoved(reprogram) => Some(reprogram),
-            ConfigWriteEffect::MsixControl(control) => {
-                self.msix_control_written(control);
-                None
-            }
-            _ => None,
-        };
-        if reg == 1 {
-            self.interrupts.set_intx_disabled(self.config.command() & COMMAND_INTX_DISABLE != 0);
-        }
-        effect
+    fn command_written(&mut self, command: u16) {
+        self.interrupts.set_intx_disabled(command & COMMAND_INTX_DISABLE != 0);
     }
 
     fn msix_control_written(&mut self, control: u16) {
